@@ -1,0 +1,30 @@
+"""hardbatch: mini-batches full of hard negatives for contrastive training.
+
+The pipeline (one subpackage per stage)::
+
+    embeddings → similarity graph → structure (ordering / clusters) → batches → BatchPlan
+
+>>> import hardbatch
+>>> plan = hardbatch.plan("gcbs", queries=X, targets=Y, batch_size=64, seed=0)
+>>> hardbatch.metrics.loss_gap(X, Y, plan, temperature=0.05)
+"""
+
+from . import metrics
+from .api import plan
+from .batching import PAD
+from .methods import Planner, available_methods, get_method, register_method
+from .plan import BatchPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PAD",
+    "BatchPlan",
+    "Planner",
+    "__version__",
+    "available_methods",
+    "get_method",
+    "metrics",
+    "plan",
+    "register_method",
+]

@@ -1,0 +1,182 @@
+"""The base of every batching method and the method registry."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from ..plan import BatchPlan
+from ..validation import ArrayLike, check_batch_size, check_pair, check_seed, n_rows
+
+_REGISTRY: dict[str, type[Planner]] = {}
+
+P = TypeVar("P", bound="type[Planner]")
+
+#: Constructor parameters every method has; the rest are method parameters.
+COMMON_PARAMS = ("batch_size", "seed", "drop_last")
+
+
+class Planner:
+    """Base class of batching methods (scikit-learn style).
+
+    The constructor only stores parameters; :meth:`fit` validates the embeddings, runs the
+    method's stages and stores the result in ``plan_`` (plus method-specific ``*_``
+    attributes). Subclasses implement :meth:`_plan` as a short composition of the shared
+    stages (:mod:`hardbatch.similarity`, :mod:`hardbatch.structure`, :mod:`hardbatch.batching`)
+    and register with :func:`register_method`.
+
+    Parameters
+    ----------
+    batch_size : int
+        Samples per batch (>= 2, <= N).
+    seed : int or None
+        Seeds every random choice. ``None`` draws a seed, which is recorded in the plan.
+    drop_last : bool
+        Leftover rule, see :mod:`hardbatch.batching`.
+    """
+
+    #: Registry name (``hardbatch.plan(name, ...)``).
+    name: ClassVar[str] = ""
+    #: Whether the method reads the embeddings (the random baseline only needs N).
+    uses_embeddings: ClassVar[bool] = True
+    #: One line per method parameter, shown by ``hardbatch plan --help``.
+    param_help: ClassVar[dict[str, str]] = {}
+
+    plan_: BatchPlan
+
+    def __init__(self, batch_size: int = 64, *, seed: int | None = 0, drop_last: bool = False):
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+
+    # ---------------------------------------------------------------- parameters
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the constructor parameters, common ones first."""
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters as stored (like scikit-learn's ``get_params``)."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def method_params(self) -> dict[str, Any]:
+        """The method-specific parameters (everything but batch_size, seed, drop_last)."""
+        return {k: v for k, v in self.get_params().items() if k not in COMMON_PARAMS}
+
+    # ---------------------------------------------------------------- fitting
+    def fit(
+        self,
+        queries: ArrayLike | None = None,
+        targets: ArrayLike | None = None,
+        *,
+        n_samples: int | None = None,
+    ) -> Planner:
+        """Plan batches for paired embeddings; the plan is stored in ``plan_``.
+
+        Parameters
+        ----------
+        queries, targets : array-like of shape (N, d)
+            Row i of ``queries`` is the positive of row i of ``targets``. Methods that do not
+            read embeddings (``random``) accept ``n_samples`` instead.
+        n_samples : int, optional
+            N, for methods that need no embeddings.
+
+        Returns
+        -------
+        self
+        """
+        norms = None
+        if self.uses_embeddings:
+            if queries is None or targets is None:
+                raise ValueError(f"method {self.name!r} needs queries and targets embeddings")
+            norms = check_pair(queries, targets)
+            n = n_rows(queries)
+        else:
+            n = self._count(queries, targets, n_samples)
+        if n_samples is not None and int(n_samples) != n:
+            raise ValueError(f"n_samples={n_samples} does not match the {n} embedding rows")
+        batch_size = check_batch_size(self.batch_size, n)
+        seed = check_seed(self.seed)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        if not isinstance(self.drop_last, (bool, np.bool_)):
+            raise ValueError(f"drop_last must be True or False, got {self.drop_last!r}")
+        start = time.perf_counter()
+        plan = self._plan(queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms)
+        plan.info.setdefault("seconds", {})["total"] = time.perf_counter() - start
+        self.plan_ = plan.validate()
+        return self
+
+    @staticmethod
+    def _count(queries: Any, targets: Any, n_samples: int | None) -> int:
+        for a, name in ((queries, "queries"), (targets, "targets")):
+            if a is not None:
+                if len(getattr(a, "shape", ())) < 1:
+                    raise ValueError(f"{name} must be an array with N rows")
+                return n_rows(a)
+        if n_samples is None:
+            raise ValueError("give n_samples (or queries/targets) to plan")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+            raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
+        return int(n_samples)
+
+    def _plan(
+        self,
+        queries: ArrayLike | None,
+        targets: ArrayLike | None,
+        *,
+        n: int,
+        batch_size: int,
+        seed: int,
+        norms: tuple[np.ndarray, np.ndarray] | None,
+    ) -> BatchPlan:
+        raise NotImplementedError
+
+    def _make_plan(self, batches: np.ndarray, *, n: int, seed: int, **extra: Any) -> BatchPlan:
+        """A :class:`BatchPlan` carrying this method's name and parameters."""
+        return BatchPlan(
+            batches=batches,
+            method=self.name,
+            n_samples=n,
+            batch_size=int(self.batch_size),
+            seed=seed,
+            drop_last=bool(self.drop_last),
+            params=self.method_params(),
+            **extra,
+        )
+
+    @classmethod
+    def epoch_batches(cls, plan: BatchPlan, epoch: int) -> np.ndarray:
+        """Batches of ``epoch`` for a plan made by this method (default: unchanged)."""
+        return plan.batches
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def register_method(cls: P) -> P:
+    """Class decorator: make a :class:`Planner` available as ``hardbatch.plan(cls.name)``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Planner]:
+    """The planner class registered under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown method {name!r}; available: {', '.join(available_methods())}"
+        ) from None
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods."""
+    return sorted(_REGISTRY)

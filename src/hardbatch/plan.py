@@ -1,0 +1,232 @@
+"""Stage 4: :class:`BatchPlan`, the result of every method, and its ``.npz`` file format."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batching import PAD, iter_rows
+
+#: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`.
+FORMAT_VERSION = 1
+
+#: Optional per-plan arrays that travel with the plan file.
+_ARRAY_FIELDS = ("order", "clusters", "hard_negatives")
+
+
+@dataclass
+class BatchPlan:
+    """Batches for one epoch of contrastive training, with how they were made.
+
+    Attributes
+    ----------
+    batches : np.ndarray of shape (n_batches, batch_size), int64
+        Row ``b`` = sample indices of batch ``b``. When ``N % batch_size != 0`` and
+        ``drop_last`` is false, the last row holds the leftovers and is right-padded with ``-1``
+        (:data:`hardbatch.batching.PAD`); :meth:`iter_batches` skips the padding.
+    method : str
+        Registry name of the method that made the plan (``"gcbs"``, ``"random"``, ...).
+    n_samples : int
+        N, the number of paired samples the plan indexes.
+    batch_size : int
+    seed : int or None
+        Seed the plan was made with (``None``: not seeded).
+    drop_last : bool
+        Leftover rule (see :mod:`hardbatch.batching`).
+    params : dict
+        Method parameters (JSON-serialisable).
+    info : dict
+        What the method measured while planning (threshold, edges, bandwidth, stage seconds).
+    order : np.ndarray of shape (N,), optional
+        The sample ordering the batches were cut from (ordering methods).
+    clusters : np.ndarray of shape (n_clusters, cluster_size), optional
+        Static clusters (cluster methods).
+    hard_negatives : np.ndarray of shape (N, n), optional
+        Per-example mined negatives.
+    """
+
+    batches: np.ndarray
+    method: str
+    n_samples: int
+    batch_size: int
+    seed: int | None = None
+    drop_last: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    order: np.ndarray | None = None
+    clusters: np.ndarray | None = None
+    hard_negatives: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.batches = np.asarray(self.batches, dtype=np.int64)
+
+    # ------------------------------------------------------------------ access
+    @property
+    def n_batches(self) -> int:
+        """Number of batches (rows of :attr:`batches`)."""
+        return int(self.batches.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def iter_batches(self) -> Iterator[np.ndarray]:
+        """Yield each batch as an int64 array of sample ids, without padding."""
+        return iter_rows(self.batches)
+
+    def for_epoch(self, epoch: int) -> np.ndarray:
+        """Batches of epoch ``epoch`` under the method's rule.
+
+        Methods that plan once per epoch from fresh embeddings (GCBS) return :attr:`batches`
+        for every epoch; the random baseline reshuffles with ``seed + epoch``; cluster methods
+        regroup their static clusters. Epoch 0 is always :attr:`batches`.
+        """
+        from .methods import get_method  # the registry imports this module
+
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch == 0:
+            return self.batches
+        try:
+            cls = get_method(self.method)
+        except ValueError:
+            return self.batches  # a method this version does not know: keep its batches
+        return cls.epoch_batches(self, epoch)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> BatchPlan:
+        """Check the invariants; raise ``ValueError`` naming the first one broken.
+
+        Every sample appears at most once, every id is in ``[0, N)``, padding only at the end
+        of the last row, and every sample appears exactly once unless ``drop_last`` (then the
+        ``N % batch_size`` leftovers are missing).
+        """
+        b = self.batches
+        n, k = self.n_samples, self.batch_size
+        if b.ndim != 2 or b.shape[1] != k:
+            raise ValueError(f"batches must have shape (n_batches, {k}), got {b.shape}")
+        pad = b == PAD
+        if pad.any():
+            if pad[:-1].any():
+                raise ValueError("padding (-1) found outside the last batch")
+            last = pad[-1]
+            first_pad = int(np.argmax(last))
+            if not last[first_pad:].all():
+                raise ValueError("padding (-1) in the last batch must be at its end")
+        ids = b[~pad]
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(f"sample ids must be in [0, {n}), found {ids.min()}..{ids.max()}")
+        counts = np.bincount(ids, minlength=n)
+        if (counts > 1).any():
+            raise ValueError(f"sample {int(np.argmax(counts > 1))} appears in more than one batch")
+        expected = n - n % k if self.drop_last else n
+        if ids.size != expected:
+            raise ValueError(
+                f"plan covers {ids.size} samples, expected {expected} "
+                f"(N={n}, batch_size={k}, drop_last={self.drop_last})"
+            )
+        return self
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan to ``path`` (``.npz``; the name is used exactly as given)."""
+        path = Path(path)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "n_samples": self.n_samples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "drop_last": self.drop_last,
+            "params": self.params,
+            "info": self.info,
+        }
+        arrays = {
+            name: getattr(self, name) for name in _ARRAY_FIELDS if getattr(self, name) is not None
+        }
+        with open(path, "wb") as fh:
+            np.savez(
+                fh,
+                batches=self.batches,
+                meta=np.array(json.dumps(meta, default=_jsonable)),
+                **arrays,
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, n_samples: int | None = None) -> BatchPlan:
+        """Read a plan written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : path of the ``.npz`` file.
+        n_samples : int, optional
+            The N of the dataset the plan will index; a plan made for another N is an error.
+
+        Raises
+        ------
+        ValueError
+            Not a plan file, an unknown format version, a plan for another N, or broken
+            invariants.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no plan file at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                contents = {name: f[name] for name in f.files}
+        except Exception as exc:  # zip, pickle and format errors all mean "not a plan"
+            raise ValueError(f"{path} is not a hardbatch plan file (.npz): {exc}") from None
+        if "batches" not in contents or "meta" not in contents:
+            raise ValueError(
+                f"{path} is not a hardbatch plan file: it lacks 'batches' or 'meta' "
+                f"(holds {sorted(contents)})"
+            )
+        try:
+            meta = json.loads(str(contents["meta"]))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: plan metadata is not valid JSON ({exc})") from None
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: plan format version {version!r} is not supported "
+                f"(this hardbatch reads version {FORMAT_VERSION})"
+            )
+        if n_samples is not None and int(n_samples) != meta["n_samples"]:
+            raise ValueError(
+                f"{path} was planned for N={meta['n_samples']} samples, "
+                f"but the dataset has N={n_samples}"
+            )
+        plan = cls(
+            batches=contents["batches"],
+            method=meta["method"],
+            n_samples=int(meta["n_samples"]),
+            batch_size=int(meta["batch_size"]),
+            seed=meta.get("seed"),
+            drop_last=bool(meta.get("drop_last", False)),
+            params=meta.get("params", {}),
+            info=meta.get("info", {}),
+            **{name: contents[name] for name in _ARRAY_FIELDS if name in contents},
+        )
+        return plan.validate()
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchPlan(method={self.method!r}, n_samples={self.n_samples}, "
+            f"batch_size={self.batch_size}, n_batches={self.n_batches}, seed={self.seed}, "
+            f"drop_last={self.drop_last})"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays in params/info."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
