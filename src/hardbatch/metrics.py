@@ -26,7 +26,7 @@ import torch
 from ._torch import normalized_rows, resolve_device
 from .batching import PAD
 from .plan import BatchPlan
-from .similarity import SimilarityBlocks, estimate_threshold, symmetrize, threshold_graph
+from .similarity import SimilarityBlocks, estimate_threshold, threshold_graph
 from .structure import bandwidth
 from .validation import ArrayLike, check_pair
 
@@ -280,10 +280,8 @@ def report(
     threshold = estimate_threshold(
         queries, targets, quantile, seed=seed, metric=metric, device=device, norms=norms
     )
-    graph = symmetrize(
-        threshold_graph(
-            queries, targets, threshold, metric=metric, values=False, device=device, max_edges=None
-        )
+    graph = threshold_graph(
+        queries, targets, threshold, metric=metric, values=False, device=device, max_edges=None
     )
     rows: dict[str, dict[str, Any]] = {}
     for name, p in (("plan", plan), ("baseline", baseline)):
@@ -302,7 +300,7 @@ def report(
     rows["graph"] = {
         "quantile": quantile,
         "threshold": threshold,
-        "n_edges": int(graph.nnz // 2),
+        "n_edges": int(graph.nnz),
         "temperature": temperature,
     }
     return rows

@@ -140,9 +140,14 @@ class SimilarityBlocks:
             disable=not show_progress(progress, n, self.dim),
             leave=False,
         )
+        # One output buffer for all blocks: a fresh 256 MiB tensor per block costs page faults
+        # that are a sizeable fraction of the matmul itself.
+        buffer = torch.empty((min(self.block_rows, n), n), dtype=torch.float32, device=self.device)
         for start in bar:
             stop = min(start + self.block_rows, n)
-            block = self.query_rows(slice(start, stop)) @ self.targets_t
+            block = torch.matmul(
+                self.query_rows(slice(start, stop)), self.targets_t, out=buffer[: stop - start]
+            )
             if mask_diagonal:
                 # Entry (r, start + r) is query r against its own positive: never a negative.
                 block.diagonal(offset=start).fill_(-math.inf)
@@ -271,9 +276,11 @@ def threshold_graph(
     n = blocks.n_samples
     counts, cols, vals = [], [], []
     total = 0
+    mask_buffer = torch.empty(
+        (min(blocks.block_rows, n), n), dtype=torch.bool, device=blocks.device
+    )
     for _, sim in blocks.blocks(progress=progress, desc="threshold graph"):
-        mask = sim > threshold
-        counts.append(mask.sum(dim=1).cpu().numpy())
+        mask = torch.gt(sim, threshold, out=mask_buffer[: sim.shape[0]])
         flat = mask.view(-1).nonzero().view(-1)  # row-major: sorted by (row, col)
         total += int(flat.numel())
         if max_edges is not None and total > max_edges:
@@ -281,6 +288,7 @@ def threshold_graph(
                 f"the threshold {threshold:.4g} keeps more than max_edges={max_edges} edges "
                 f"(N={n}); raise the quantile, use a per-row top-k rule, or raise max_edges"
             )
+        counts.append(torch.bincount(flat // n, minlength=sim.shape[0]).cpu().numpy())
         cols.append((flat % n).to(torch.int32).cpu().numpy())
         if values:
             vals.append(sim.view(-1)[flat].cpu().numpy())

@@ -62,18 +62,23 @@ def bandwidth(
         raise ValueError(f"order must have shape ({n},), got {order.shape}")
     position = np.empty(n, dtype=np.int64)
     position[order] = np.arange(n)
-    row_of_entry_end = graph.indptr[1:]
-    nnz = graph.nnz
+    indptr, nnz = graph.indptr, graph.nnz
     worst, total, same = 0, 0.0, 0
-    for lo in range(0, nnz, _EDGE_CHUNK):
-        hi = min(lo + _EDGE_CHUNK, nnz)
-        rows = np.searchsorted(row_of_entry_end, np.arange(lo, hi), side="right")
-        pr, pc = position[rows], position[graph.indices[lo:hi]]
-        dist = np.abs(pr - pc)
-        worst = max(worst, int(dist.max()))
-        total += float(dist.sum())
-        if batch_size is not None:
-            same += int(np.count_nonzero(pr // batch_size == pc // batch_size))
+    row = 0
+    while row < n:
+        # A run of whole rows holding about _EDGE_CHUNK entries (at least one row).
+        stop = int(np.searchsorted(indptr, indptr[row] + _EDGE_CHUNK, side="right")) - 1
+        stop = min(max(stop, row + 1), n)
+        lo, hi = indptr[row], indptr[stop]
+        if hi > lo:
+            pr = np.repeat(position[row:stop], np.diff(indptr[row : stop + 1]))
+            pc = position[graph.indices[lo:hi]]
+            dist = np.abs(pr - pc)
+            worst = max(worst, int(dist.max()))
+            total += float(dist.sum())
+            if batch_size is not None:
+                same += int(np.count_nonzero(pr // batch_size == pc // batch_size))
+        row = stop
     out = {"bandwidth": float(worst), "mean_distance": total / nnz if nnz else 0.0}
     if batch_size is not None:
         out["in_batch_edge_fraction"] = same / nnz if nnz else 0.0
