@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "--paper-limit",
         type=float,
         default=300.0,
-        help="skip (a) where its extrapolated time exceeds this (seconds)",
+        help="skip (a) where its extrapolated time exceeds this (seconds); 0: never run (a)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument(
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in sorted(args.sizes):
         paper = None
         predicted = None if paper_last is None else paper_last[1] * (n / paper_last[0]) ** 2
-        if predicted is None or predicted <= args.paper_limit:
+        if args.paper_limit > 0 and (predicted is None or predicted <= args.paper_limit):
             paper = run_worker("paper", n, args.threads)
             paper_last = (n, paper["seconds"])
         matmul = run_worker("matmul", n, args.threads)

@@ -276,22 +276,32 @@ def threshold_graph(
     n = blocks.n_samples
     counts, cols, vals = [], [], []
     total = 0
+    on_cpu = blocks.device.type == "cpu"
     mask_buffer = torch.empty(
         (min(blocks.block_rows, n), n), dtype=torch.bool, device=blocks.device
     )
     for _, sim in blocks.blocks(progress=progress, desc="threshold graph"):
-        mask = torch.gt(sim, threshold, out=mask_buffer[: sim.shape[0]])
-        flat = mask.view(-1).nonzero().view(-1)  # row-major: sorted by (row, col)
-        total += int(flat.numel())
+        rows = sim.shape[0]
+        if on_cpu:
+            # numpy's compare + flatnonzero is about twice as fast as torch's nonzero on CPU,
+            # and this extraction is the only work besides the matmul that touches N² entries.
+            sim_np = sim.numpy()
+            mask = np.greater(sim_np, threshold, out=mask_buffer[:rows].numpy())
+            flat = np.flatnonzero(mask)  # row-major: sorted by (row, col)
+        else:
+            mask = torch.gt(sim, threshold, out=mask_buffer[:rows])
+            flat = mask.view(-1).nonzero().view(-1).cpu().numpy()
+        total += int(flat.size)
         if max_edges is not None and total > max_edges:
             raise ValueError(
                 f"the threshold {threshold:.4g} keeps more than max_edges={max_edges} edges "
                 f"(N={n}); raise the quantile, use a per-row top-k rule, or raise max_edges"
             )
-        counts.append(torch.bincount(flat // n, minlength=sim.shape[0]).cpu().numpy())
-        cols.append((flat % n).to(torch.int32).cpu().numpy())
+        counts.append(np.bincount(flat // n, minlength=rows))
+        cols.append((flat % n).astype(np.int32))
         if values:
-            vals.append(sim.view(-1)[flat].cpu().numpy())
+            flat_t = torch.from_numpy(flat).to(sim.device)
+            vals.append(sim.reshape(-1)[flat_t].cpu().numpy())
     return _csr(n, counts, cols, vals if values else None)
 
 
