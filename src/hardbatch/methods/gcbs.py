@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..batching import cut_order
 from ..plan import BatchPlan
@@ -21,6 +22,7 @@ from ..similarity import (
     symmetrize,
     threshold_graph,
 )
+from ..similarity.exact import show_progress
 from ..structure import bandwidth, rcm_order
 from ..validation import check_fraction, check_positive_int
 from .base import Planner, register_method
@@ -153,7 +155,17 @@ class GCBS(Planner):
         seconds["similarity"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        self.order_ = rcm_order(symmetrize(graph))
+        # One bar for the sparse stages: at 1e8 edges they take seconds, with no inner loop.
+        show = show_progress(self.progress, n, int(queries.shape[1]))
+        bar = tqdm(total=2, desc="gcbs ordering", unit="stage", disable=not show, leave=False)
+        with bar:
+            bar.set_postfix_str("symmetrize")
+            symmetric = symmetrize(graph)
+            bar.update()
+            bar.set_postfix_str("reverse Cuthill-McKee")
+            self.order_ = rcm_order(symmetric)
+            del symmetric
+            bar.update()
         seconds["ordering"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
