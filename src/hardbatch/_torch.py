@@ -25,8 +25,10 @@ def rows_to_tensor(a: ArrayLike, index: slice | np.ndarray, device: torch.device
         if isinstance(index, np.ndarray):
             index = torch.as_tensor(index, device=a.device)
         return a[index].detach().to(device=device, dtype=torch.float32)
-    block = np.asarray(a[index], dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(block)).to(device)
+    block = np.ascontiguousarray(np.asarray(a[index], dtype=np.float32))
+    if not block.flags.writeable:
+        block = block.copy()  # torch warns on read-only arrays (memmaps opened with mode "r")
+    return torch.from_numpy(block).to(device)
 
 
 def normalized_rows(

@@ -19,6 +19,7 @@ def plan(
     seed: int | None = 0,
     drop_last: bool = False,
     n_samples: int | None = None,
+    duplicate_ids: Any = None,
     **params: Any,
 ) -> BatchPlan:
     """Plan one epoch of batches with a registered method.
@@ -38,8 +39,13 @@ def plan(
         Leftover rule when ``N % batch_size != 0`` (see :mod:`hardbatch.batching`).
     n_samples : int, optional
         N, for methods that need no embeddings (``random``).
+    duplicate_ids : sequence of N hashable ids, optional
+        Samples with equal ids never share a batch (every method; see
+        :meth:`hardbatch.Planner.fit`).
     **params
-        Method parameters, e.g. ``quantile=0.999`` or ``top_k=20`` for GCBS.
+        Method parameters, e.g. ``quantile=0.999`` or ``top_k=20`` for GCBS, and the
+        method's per-sample fit arrays (its ``fit_params``, e.g. B3's ``labels=`` and
+        ``groups=``), which go to :meth:`~hardbatch.Planner.fit` instead of the constructor.
 
     Returns
     -------
@@ -53,11 +59,14 @@ def plan(
     """
     cls = get_method(method)
     allowed = [p for p in cls.param_names() if p not in COMMON_PARAMS]
+    fit_data = {k: params.pop(k) for k in cls.fit_params if k in params}
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(
             f"method {method!r} got unknown parameter(s) {unknown}; "
-            f"its parameters are: {', '.join(allowed) or '(none)'}"
+            f"its parameters are: {', '.join([*allowed, *cls.fit_params]) or '(none)'}"
         )
     planner = cls(batch_size=batch_size, seed=seed, drop_last=drop_last, **params)
-    return planner.fit(queries, targets, n_samples=n_samples).plan_
+    return planner.fit(
+        queries, targets, n_samples=n_samples, duplicate_ids=duplicate_ids, **fit_data
+    ).plan_

@@ -1,5 +1,8 @@
 """Stage 3: batches. Cut an ordering into fixed-size batches.
 
+Also: group whole clusters into batches per epoch (:func:`group_clusters`, B3) and the
+duplicate guard every method shares (:func:`separate_duplicates`).
+
 Leftover rule (every method follows it): when ``N % batch_size != 0``
 
 * ``drop_last=False`` (default): the last batch holds only the ``N % batch_size`` leftover
@@ -56,3 +59,296 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     are different streams.
     """
     return np.random.default_rng([int(seed), int(epoch)])
+
+
+# --------------------------------------------------------------------------- clusters → batches
+def group_clusters(
+    clusters: np.ndarray,
+    batch_size: int,
+    *,
+    rng: np.random.Generator,
+    cluster_groups: np.ndarray | None = None,
+    drop_last: bool = False,
+) -> np.ndarray:
+    """One epoch of batches made of whole clusters (B3's batching).
+
+    The full clusters are shuffled with ``rng`` and concatenated, the short last cluster (see
+    :mod:`hardbatch.structure.clusters`) after them, and the sequence is cut with
+    :func:`cut_order`: a batch is ``batch_size / K`` whole clusters, and the epoch's last,
+    short batch holds the leftover full clusters plus the short cluster (or is dropped with
+    ``drop_last``).
+
+    With ``cluster_groups`` (dataset id of every cluster) this is done per group, so no batch
+    mixes datasets; the full batches of all groups are then shuffled together with ``rng``
+    and each group's short batch (if any, and not dropped) comes after them, in group order.
+
+    Parameters
+    ----------
+    clusters : np.ndarray of shape (n_clusters, K), int
+        Rows of sample ids; a row that is not full is right-padded with :data:`PAD`.
+    batch_size : int
+        A multiple of K.
+    rng : np.random.Generator
+        Usually :func:`epoch_rng` ``(seed, epoch)``.
+    cluster_groups : np.ndarray of shape (n_clusters,), int, optional
+    drop_last : bool
+
+    Returns
+    -------
+    batches : np.ndarray of shape (n_batches, batch_size), int64
+        Without groups, the layout of :func:`cut_order` (only the last row may be padded);
+        with groups, one padded row per group at most, all after the full rows.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    if clusters.ndim != 2 or clusters.shape[0] == 0:
+        raise ValueError(f"clusters must be a non-empty 2-D array, got shape {clusters.shape}")
+    k = clusters.shape[1]
+    if batch_size % k:
+        raise ValueError(
+            f"batch_size={batch_size} must be a multiple of the cluster size {k} "
+            "(a batch holds whole clusters)"
+        )
+    full = clusters[:, -1] != PAD
+    if cluster_groups is None:
+        return _group_one(clusters, full, np.arange(len(clusters)), batch_size, rng, drop_last)
+    cluster_groups = np.asarray(cluster_groups)
+    if cluster_groups.shape != (len(clusters),):
+        raise ValueError(
+            f"cluster_groups must have shape ({len(clusters)},), got {cluster_groups.shape}"
+        )
+    whole, partial = [], []
+    for group in np.unique(cluster_groups):
+        rows = np.flatnonzero(cluster_groups == group)
+        batches = _group_one(clusters, full, rows, batch_size, rng, drop_last)
+        short = batches[:, -1] == PAD
+        whole.append(batches[~short])
+        partial.append(batches[short])
+    whole_rows = np.concatenate(whole)
+    return np.concatenate([whole_rows[rng.permutation(len(whole_rows))], *partial])
+
+
+def _group_one(
+    clusters: np.ndarray,
+    full: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    drop_last: bool,
+) -> np.ndarray:
+    full_rows = rows[full[rows]]
+    short = clusters[rows[~full[rows]]]
+    order = np.concatenate([clusters[rng.permutation(full_rows)].ravel(), short[short != PAD]])
+    return cut_order(order, batch_size, drop_last=drop_last)
+
+
+# --------------------------------------------------------------------------- duplicate guard
+def sample_codes(values, n_samples: int, name: str = "duplicate_ids") -> np.ndarray:
+    """Integer codes of a per-sample id array: equal codes for equal ids.
+
+    Used for ``duplicate_ids`` (e.g. a hash of every sample's positive text) and for B3's
+    ``labels`` and ``groups``.
+
+    Parameters
+    ----------
+    values : sequence of N hashable ids (ints, strings, bytes, tuples, ...)
+    n_samples : int
+    name : str
+        For error messages.
+
+    Returns
+    -------
+    codes : np.ndarray of shape (N,), int64, in ``[0, n_distinct)``
+        Sorted order of the ids for numpy arrays of numbers or strings, else order of first
+        appearance.
+    """
+    try:
+        size = len(values)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a sequence of {n_samples} ids, got {type(values).__name__}"
+        ) from None
+    if size != n_samples:
+        raise ValueError(f"{name} has {size} entries, expected one per sample ({n_samples})")
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biufUS":
+        return np.unique(values, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    # Lists and object arrays (mixed or composite ids, which numpy would coerce or reject):
+    # a dict assigns codes in order of first appearance.
+    table: dict = {}
+    try:
+        return np.fromiter(
+            (table.setdefault(x, len(table)) for x in values), dtype=np.int64, count=size
+        )
+    except TypeError as exc:
+        raise ValueError(f"{name} must hold hashable ids: {exc}") from None
+
+
+def separate_duplicates(
+    batches: np.ndarray,
+    codes: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    sample_groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """Swap samples between batches until no batch holds two samples with the same code.
+
+    The false-negative guard of every method (sentence-transformers' ``NoDuplicatesBatchSampler``
+    gives the same guarantee by construction; here it repairs a finished plan). Each sample
+    that repeats a code already in its batch (an *excess* sample) is swapped with a sample of
+    another batch chosen so that the swap creates no new collision: the other batch lacks the
+    code, and the incoming sample's code is not in the first batch. Partners that are
+    themselves excess in their batch are preferred (one swap then fixes two). So the number of
+    swaps is at most the number ``E`` of excess samples (at least ``ceil(E / 2)`` are needed),
+    and the rest of the plan is untouched.
+
+    Cost: one vectorised pass over the plan to find collisions (``O(N log B)``); then per
+    excess sample a few random candidate batches, ``O(B)`` each, so ``O(E·B)`` expected while
+    duplicates are rare. A plan without collisions is returned as is.
+
+    Parameters
+    ----------
+    batches : np.ndarray of shape (n_batches, B), int64, padded with :data:`PAD`
+    codes : np.ndarray of shape (N,), int
+        From :func:`sample_codes`.
+    rng : np.random.Generator
+        Picks the swap partners (deterministic for a seed).
+    sample_groups : np.ndarray of shape (N,), optional
+        Swaps only between batches of the same group (keeps multi-dataset batches pure).
+
+    Returns
+    -------
+    batches : np.ndarray
+        The repaired batches (a new array if any swap was made, else the input).
+    n_swaps : int
+
+    Raises
+    ------
+    ValueError
+        An id occurs more often (within one group) than there are batches to spread it over,
+        or no collision-free swap could be found.
+    """
+    batches = np.asarray(batches, dtype=np.int64)
+    codes = np.asarray(codes, dtype=np.int64)
+    valid = batches != PAD
+    grid = np.where(valid, codes[np.where(valid, batches, 0)], -1)
+    ordered = np.sort(grid, axis=1)
+    clash = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    dup_rows = np.flatnonzero(clash.any(axis=1))
+    if dup_rows.size == 0:
+        return batches, 0
+
+    n_rows = batches.shape[0]
+    row_group = (
+        np.zeros(n_rows, dtype=np.int64)
+        if sample_groups is None
+        else np.asarray(sample_groups, dtype=np.int64)[batches[:, 0]]
+    )
+    _check_spreadable(grid, valid, row_group, batches)
+
+    batches = batches.copy()
+    counts: dict[int, dict[int, int]] = {}
+
+    def row_counts(r: int) -> dict[int, int]:
+        if r not in counts:
+            values, numbers = np.unique(grid[r][grid[r] >= 0], return_counts=True)
+            counts[r] = dict(zip(values.tolist(), numbers.tolist(), strict=True))
+        return counts[r]
+
+    # Excess positions: every occurrence of a code after its first in the row.
+    excess = []
+    for r in dup_rows.tolist():
+        seen: set[int] = set()
+        for col, c in enumerate(grid[r].tolist()):
+            if c >= 0:
+                if c in seen:
+                    excess.append((r, col))
+                seen.add(c)
+    group_rows = {g: np.flatnonzero(row_group == g) for g in np.unique(row_group[dup_rows])}
+
+    n_swaps = 0
+    for r, col in excess:
+        c = int(grid[r, col])
+        here = row_counts(r)
+        if here.get(c, 0) <= 1:
+            continue  # already fixed by an earlier swap that took the partner from here
+        candidates = group_rows[int(row_group[r])]
+        partner = _find_partner(grid, candidates, r, c, here, row_counts, rng)
+        if partner is None:
+            raise ValueError(
+                f"cannot separate duplicate ids: no batch can take sample {int(batches[r, col])} "
+                "without creating another collision (too many duplicates for this batch size)"
+            )
+        r2, col2 = partner
+        c2 = int(grid[r2, col2])
+        there = row_counts(r2)
+        batches[r, col], batches[r2, col2] = batches[r2, col2], batches[r, col]
+        grid[r, col], grid[r2, col2] = c2, c
+        here[c] -= 1
+        here[c2] = here.get(c2, 0) + 1
+        there[c2] -= 1
+        if there[c2] == 0:
+            del there[c2]
+        there[c] = 1
+        n_swaps += 1
+    return batches, n_swaps
+
+
+def _check_spreadable(
+    grid: np.ndarray, valid: np.ndarray, row_group: np.ndarray, batches: np.ndarray
+) -> None:
+    """An id can be separated only if it occurs at most once per batch of its group."""
+    groups = np.broadcast_to(row_group[:, None], grid.shape)[valid]
+    ids = grid[valid]
+    n_codes = int(ids.max()) + 1
+    keys, occurrences = np.unique(groups * n_codes + ids, return_counts=True)
+    rows_per_group = np.bincount(row_group)
+    limit = rows_per_group[keys // n_codes]
+    bad = np.flatnonzero(occurrences > limit)
+    if bad.size:
+        i = int(bad[0])
+        code = int(keys[i] % n_codes)
+        sample = int(batches[valid][ids == code][0])
+        raise ValueError(
+            f"duplicate_ids: the id of sample {sample} occurs {int(occurrences[i])} times but "
+            f"there are only {int(limit[i])} batches to spread it over; two of its samples "
+            "must share a batch (use a larger dataset, a smaller batch_size or fewer duplicates)"
+        )
+
+
+def _find_partner(grid, candidates, r, c, here, row_counts, rng, tries: int = 32):
+    """A (row, col) outside row ``r`` whose swap with a ``c`` in row ``r`` is collision free."""
+    present = np.fromiter(here.keys(), dtype=np.int64, count=len(here))
+
+    def try_row(r2: int):
+        if r2 == r:
+            return None
+        there = row_counts(r2)
+        if c in there:
+            return None
+        row = grid[r2]
+        ok = np.flatnonzero((row >= 0) & ~np.isin(row, present))
+        if ok.size == 0:
+            return None
+        # Prefer a partner that is itself excess in its row: the swap fixes both.
+        dup = ok[[there[int(row[j])] > 1 for j in ok]]
+        pick = dup if dup.size else ok
+        return r2, int(pick[rng.integers(pick.size)])
+
+    for r2 in rng.choice(candidates, size=min(tries, candidates.size), replace=False).tolist():
+        found = try_row(r2)
+        if found is not None:
+            return found
+    for r2 in rng.permutation(candidates).tolist():
+        found = try_row(r2)
+        if found is not None:
+            return found
+    return None
+
+
+def guard_rng(seed: int, epoch: int) -> np.random.Generator:
+    """Random generator of the duplicate guard for ``(seed, epoch)``.
+
+    A stream of its own, so that enabling the guard does not change the epoch's shuffle.
+    """
+    return np.random.default_rng([int(seed), int(epoch), 1])

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .batching import PAD, iter_rows
+from .batching import PAD, guard_rng, iter_rows, separate_duplicates
 
 #: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`.
 FORMAT_VERSION = 1
 
 #: Optional per-plan arrays that travel with the plan file.
-_ARRAY_FIELDS = ("order", "clusters", "hard_negatives")
+_ARRAY_FIELDS = ("order", "clusters", "hard_negatives", "cluster_groups", "duplicate_ids")
 
 
 @dataclass
@@ -49,6 +49,13 @@ class BatchPlan:
         Static clusters (cluster methods).
     hard_negatives : np.ndarray of shape (N, n), optional
         Per-example mined negatives.
+    cluster_groups : np.ndarray of shape (n_clusters,), optional
+        Group (dataset) of every row of :attr:`clusters` when batches are made per group
+        (B3's multi-dataset mode): every batch then holds samples of one group only, each group
+        may end with its own short batch, and ``drop_last`` drops every group's leftovers.
+    duplicate_ids : np.ndarray of shape (N,), optional
+        Integer codes of the duplicate guard (:func:`hardbatch.batching.separate_duplicates`):
+        no batch of any epoch holds two samples with the same code.
     """
 
     batches: np.ndarray
@@ -62,6 +69,8 @@ class BatchPlan:
     order: np.ndarray | None = None
     clusters: np.ndarray | None = None
     hard_negatives: np.ndarray | None = None
+    cluster_groups: np.ndarray | None = None
+    duplicate_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.batches = np.asarray(self.batches, dtype=np.int64)
@@ -74,6 +83,20 @@ class BatchPlan:
 
     def __len__(self) -> int:
         return self.n_batches
+
+    @property
+    def sample_groups(self) -> np.ndarray | None:
+        """Group of every sample, shape ``(N,)``, from :attr:`clusters` and
+        :attr:`cluster_groups`; ``None`` when the plan is not grouped."""
+        if self.cluster_groups is None or self.clusters is None:
+            return None
+        clusters = np.asarray(self.clusters)
+        groups = np.full(self.n_samples, -1, dtype=np.int64)
+        member = clusters != PAD
+        groups[clusters[member]] = np.broadcast_to(
+            np.asarray(self.cluster_groups, dtype=np.int64)[:, None], clusters.shape
+        )[member]
+        return groups
 
     def iter_batches(self) -> Iterator[np.ndarray]:
         """Yield each batch as an int64 array of sample ids, without padding."""
@@ -96,7 +119,16 @@ class BatchPlan:
             cls = get_method(self.method)
         except ValueError:
             return self.batches  # a method this version does not know: keep its batches
-        return cls.epoch_batches(self, epoch)
+        batches = cls.epoch_batches(self, epoch)
+        if self.duplicate_ids is not None and batches is not self.batches:
+            # The guard holds in every epoch, not only in the planned one.
+            batches, _ = separate_duplicates(
+                batches,
+                self.duplicate_ids,
+                rng=guard_rng(int(self.seed or 0), epoch),
+                sample_groups=self.sample_groups,
+            )
+        return batches
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> BatchPlan:
@@ -105,32 +137,71 @@ class BatchPlan:
         Every sample appears at most once, every id is in ``[0, N)``, padding only at the end
         of the last row, and every sample appears exactly once unless ``drop_last`` (then the
         ``N % batch_size`` leftovers are missing).
+
+        A grouped plan (:attr:`cluster_groups` set) is checked per group instead: every batch
+        holds one group only, any row may be short (right-padded), and with ``drop_last`` each
+        group of ``N_g`` samples misses its ``N_g % batch_size`` leftovers.
         """
         b = self.batches
         n, k = self.n_samples, self.batch_size
         if b.ndim != 2 or b.shape[1] != k:
             raise ValueError(f"batches must have shape (n_batches, {k}), got {b.shape}")
+        groups = self._checked_groups()
         pad = b == PAD
         if pad.any():
-            if pad[:-1].any():
-                raise ValueError("padding (-1) found outside the last batch")
-            last = pad[-1]
-            first_pad = int(np.argmax(last))
-            if not last[first_pad:].all():
-                raise ValueError("padding (-1) in the last batch must be at its end")
+            if groups is None:
+                if pad[:-1].any():
+                    raise ValueError("padding (-1) found outside the last batch")
+                last = pad[-1]
+                first_pad = int(np.argmax(last))
+                if not last[first_pad:].all():
+                    raise ValueError("padding (-1) in the last batch must be at its end")
+            elif (pad[:, :-1] & ~pad[:, 1:]).any():
+                raise ValueError("padding (-1) in a batch must be at its end")
         ids = b[~pad]
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             raise ValueError(f"sample ids must be in [0, {n}), found {ids.min()}..{ids.max()}")
         counts = np.bincount(ids, minlength=n)
         if (counts > 1).any():
             raise ValueError(f"sample {int(np.argmax(counts > 1))} appears in more than one batch")
-        expected = n - n % k if self.drop_last else n
+        if groups is None:
+            expected = n - n % k if self.drop_last else n
+        else:
+            row_group = np.where(pad, -1, groups[np.where(pad, 0, b)])
+            first = row_group[:, :1]
+            if ((row_group != first) & ~pad).any():
+                raise ValueError("a batch of a grouped plan mixes samples of different groups")
+            sizes = np.bincount(groups)
+            expected = int((sizes - sizes % k).sum()) if self.drop_last else n
         if ids.size != expected:
             raise ValueError(
                 f"plan covers {ids.size} samples, expected {expected} "
                 f"(N={n}, batch_size={k}, drop_last={self.drop_last})"
             )
+        if self.duplicate_ids is not None and np.shape(self.duplicate_ids) != (n,):
+            raise ValueError(
+                f"duplicate_ids must have shape ({n},), got {np.shape(self.duplicate_ids)}"
+            )
         return self
+
+    def _checked_groups(self) -> np.ndarray | None:
+        """:attr:`sample_groups`, after checking that the clusters cover every sample once."""
+        if self.cluster_groups is None:
+            return None
+        if self.clusters is None:
+            raise ValueError("cluster_groups given without clusters")
+        clusters = np.asarray(self.clusters)
+        if clusters.ndim != 2 or np.shape(self.cluster_groups) != (clusters.shape[0],):
+            raise ValueError(
+                f"cluster_groups must have one entry per cluster ({clusters.shape[0]}), "
+                f"got shape {np.shape(self.cluster_groups)}"
+            )
+        members = clusters[clusters != PAD]
+        if members.size != self.n_samples or not np.array_equal(
+            np.sort(members), np.arange(self.n_samples)
+        ):
+            raise ValueError("the clusters of a grouped plan must hold every sample exactly once")
+        return self.sample_groups
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:

@@ -43,8 +43,7 @@ def check_embeddings(a: ArrayLike, name: str = "embeddings") -> np.ndarray:
     ValueError
         Not 2-D, empty, non-floating dtype, NaN/inf values or an all-zero row.
     """
-    if isinstance(a, (list, tuple)):
-        a = np.asarray(a)
+    # No silent conversion of lists: every later stage indexes rows of the caller's array.
     if not isinstance(a, (np.ndarray, torch.Tensor)):
         raise ValueError(
             f"{name} must be a numpy array, numpy memmap or torch tensor of shape (N, d), "
@@ -69,7 +68,9 @@ def check_embeddings(a: ArrayLike, name: str = "embeddings") -> np.ndarray:
         if isinstance(block, torch.Tensor):
             block = block.detach().to("cpu", torch.float32)
         else:
-            block = torch.from_numpy(np.asarray(block, dtype=np.float32))
+            block = np.asarray(block, dtype=np.float32)
+            # torch warns on read-only arrays (memmaps opened with mode "r"): copy those blocks.
+            block = torch.from_numpy(block if block.flags.writeable else block.copy())
         block_norms = torch.linalg.vector_norm(block, dim=1)
         # A NaN or inf anywhere makes the row norm non-finite: one cheap reduction finds both.
         bad = ~torch.isfinite(block_norms)

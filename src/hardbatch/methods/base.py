@@ -8,6 +8,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from ..batching import guard_rng, sample_codes, separate_duplicates
 from ..plan import BatchPlan
 from ..validation import ArrayLike, check_batch_size, check_pair, check_seed, n_rows
 
@@ -44,6 +45,10 @@ class Planner:
     uses_embeddings: ClassVar[bool] = True
     #: One line per method parameter, shown by ``hardbatch plan --help``.
     param_help: ClassVar[dict[str, str]] = {}
+    #: Per-sample arrays the method accepts as keyword arguments of :meth:`fit` (e.g. B3's
+    #: ``labels`` and ``groups``). They are data, not settings: passed at fit time like
+    #: scikit-learn's ``fit(X, y, groups=...)``, never stored in ``plan.params``.
+    fit_params: ClassVar[tuple[str, ...]] = ()
 
     plan_: BatchPlan
 
@@ -74,6 +79,8 @@ class Planner:
         targets: ArrayLike | None = None,
         *,
         n_samples: int | None = None,
+        duplicate_ids: Any = None,
+        **fit_data: Any,
     ) -> Planner:
         """Plan batches for paired embeddings; the plan is stored in ``plan_``.
 
@@ -84,6 +91,15 @@ class Planner:
             read embeddings (``random``) accept ``n_samples`` instead.
         n_samples : int, optional
             N, for methods that need no embeddings.
+        duplicate_ids : sequence of N hashable ids, optional
+            False-negative guard of every method: samples with equal ids (e.g. a hash of the
+            positive text) never share a batch, in any epoch. Applied after planning by
+            swapping as few samples as possible between batches
+            (:func:`hardbatch.batching.separate_duplicates`; the number of swaps is in
+            ``plan.info["duplicate_guard"]``). ``ValueError`` if an id occurs more often than
+            there are batches.
+        **fit_data
+            The per-sample arrays named in :attr:`fit_params` (e.g. B3's ``labels``).
 
         Returns
         -------
@@ -105,19 +121,48 @@ class Planner:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         if not isinstance(self.drop_last, (bool, np.bool_)):
             raise ValueError(f"drop_last must be True or False, got {self.drop_last!r}")
+        unknown = sorted(set(fit_data) - set(self.fit_params))
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} got unknown fit argument(s) {unknown}; it accepts: "
+                f"{', '.join(('duplicate_ids', *self.fit_params))}"
+            )
+        codes = None if duplicate_ids is None else sample_codes(duplicate_ids, n)
+        data = {k: v for k, v in fit_data.items() if v is not None}
         start = time.perf_counter()
-        plan = self._plan(queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms)
+        plan = self._plan(
+            queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms, **data
+        )
+        if codes is not None:
+            tick = time.perf_counter()
+            plan.batches, n_swaps = separate_duplicates(
+                plan.batches, codes, rng=guard_rng(seed, 0), sample_groups=plan.sample_groups
+            )
+            plan.duplicate_ids = codes
+            plan.info["duplicate_guard"] = {
+                "swaps": n_swaps,
+                "distinct_ids": int(codes.max()) + 1 if codes.size else 0,
+            }
+            plan.info.setdefault("seconds", {})["duplicate_guard"] = time.perf_counter() - tick
         plan.info.setdefault("seconds", {})["total"] = time.perf_counter() - start
         self.plan_ = plan.validate()
         return self
 
     @staticmethod
     def _count(queries: Any, targets: Any, n_samples: int | None) -> int:
+        rows = {}
         for a, name in ((queries, "queries"), (targets, "targets")):
             if a is not None:
                 if len(getattr(a, "shape", ())) < 1:
                     raise ValueError(f"{name} must be an array with N rows")
-                return n_rows(a)
+                rows[name] = n_rows(a)
+        if len(set(rows.values())) > 1:
+            raise ValueError(
+                "queries and targets must have the same number of rows, got "
+                f"{rows['queries']} and {rows['targets']}"
+            )
+        if rows:
+            return next(iter(rows.values()))
         if n_samples is None:
             raise ValueError("give n_samples (or queries/targets) to plan")
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):

@@ -13,7 +13,12 @@ def symmetrize(graph: sp.spmatrix) -> sp.csr_matrix:
     both put i and j in one batch. Returns a canonical CSR (sorted indices, no duplicates).
     The graph stage never stores a diagonal, so none is removed here.
     """
-    pattern = sp.csr_matrix(graph, dtype=np.bool_, copy=False)
+    graph = sp.csr_matrix(graph)
+    # The pattern of the stored entries: an edge whose similarity is exactly 0.0 is still an
+    # edge (casting the values to bool would turn it into an explicit False and drop it).
+    pattern = sp.csr_matrix(
+        (np.ones(graph.nnz, dtype=np.bool_), graph.indices, graph.indptr), shape=graph.shape
+    )
     sym = (pattern + pattern.T).tocsr()
     sym.sum_duplicates()
     sym.sort_indices()

@@ -1,0 +1,391 @@
+"""B3 — Breaking the Batch Barrier (Thirukovalluru et al., NeurIPS 2025).
+
+Stages (teacher embeddings in, static clusters out, batches regrouped every epoch):
+
+1. exact top-``(p + m)`` teacher ranks (:func:`hardbatch.similarity.top_ranks`);
+2. rank-window graph, windows ``[p, p + m)`` joined mutually
+   (:func:`hardbatch.similarity.window_graph`);
+3. METIS (or Leiden) partition into ``ceil(N / K)`` parts
+   (:func:`hardbatch.structure.partition_graph`);
+4. clusters of exactly ``K`` (:func:`hardbatch.structure.equalize_parts`; the leftover rule
+   keeps ``N mod K`` real samples in one short last cluster);
+5. per epoch ``e``: clusters shuffled with ``(seed, e)`` and grouped ``batch_size / K`` per
+   batch (:func:`hardbatch.batching.group_clusters`), per dataset when ``groups`` is given;
+6. optional per-example hard negatives (:mod:`hardbatch.negatives`).
+
+Fixed relative to the authors' code: each edge reaches METIS once per direction (not twice),
+the last cluster is never padded with the ids ``0..K-1``, every shuffle is seeded, and an
+example is never handed its own label (or itself, or its cluster) as a hard negative.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..batching import PAD, epoch_rng, group_clusters, sample_codes
+from ..negatives import HARD_NEGATIVE_DEPTH, cluster_hard_negatives, label_hard_negatives
+from ..plan import BatchPlan
+from ..similarity import (
+    SimilarityBlocks,
+    check_label_fraction,
+    check_window,
+    label_embeddings,
+    label_ranks,
+    label_window_graph,
+    top_ranks,
+    window_graph,
+)
+from ..structure import PARTITIONERS, check_cluster_size, equalize_parts, partition_graph
+from ..validation import check_positive_int
+from .base import Planner, register_method
+
+#: Stream of the hard-negative sampler within ``(seed, 0, ...)`` (independent of the shuffle).
+_NEGATIVES_STREAM = 2
+
+
+@register_method
+class B3(Planner):
+    """Batches of whole clusters of mutual teacher neighbours (B3).
+
+    Parameters
+    ----------
+    batch_size : int
+        Samples per batch; a multiple of ``cluster_size``.
+    cluster_size : int
+        K, samples per cluster (>= 2; the authors use 32).
+    p : int
+        Top teacher ranks skipped as likely false negatives (authors: 30 retrieval, 70 VQA).
+        ``p = 0`` keeps the nearest neighbours, right when the data has no duplicates.
+    m : int
+        Width of the rank window ``[p, p + m)`` (authors: 100). With ``labels``: partners
+        sampled per example (see :func:`hardbatch.similarity.label_window_graph`).
+    mutual : bool
+        Mutual window edges (B3) or their union. Ignored with ``labels`` (always mutual).
+    partitioner : {"metis", "leiden"}
+        See :mod:`hardbatch.structure.partition`.
+    hard_negatives : int
+        Extra negatives per example (0: none; the authors add 5), in ``plan.hard_negatives``.
+    label_fraction : float
+        With ``labels``: the top fraction of the other labels that count as hard (0.3).
+    seed : int or None
+        Seeds METIS/Leiden, the hard negatives and every epoch's shuffle (with the epoch).
+    drop_last : bool
+        ``False``: the epoch's last batch holds the leftover clusters and the short cluster.
+        ``True``: those are dropped (see :mod:`hardbatch.structure.clusters`).
+    metric : {"cosine", "dot"}
+    device : str, optional
+        Where the teacher matmul runs (default CUDA when available).
+    block_rows : int, optional
+        Query rows per matmul block.
+    progress : bool or None
+        Progress bars (``None``: only when the work takes seconds).
+
+    Fit data (keyword arguments of :meth:`fit` / :func:`hardbatch.plan`, not parameters):
+
+    labels : array of N hashable class labels, optional
+        Classification variant: targets are label embeddings; edges join examples of
+        different labels that are among each other's top ``label_fraction`` labels.
+    groups : array of N hashable dataset ids, optional
+        Clusters and batches stay inside one dataset; ranks are computed per dataset.
+
+    Attributes
+    ----------
+    plan_ : BatchPlan
+        ``clusters`` (static), ``batches`` (epoch 0), ``hard_negatives``, ``cluster_groups``.
+    clusters_ : np.ndarray of shape (ceil(N / K) per group, K)
+    n_edges_ : int
+        Undirected edges of the teacher graph(s).
+    """
+
+    name = "b3"
+    fit_params = ("labels", "groups")
+    cli_aliases = {"p": ["-p"], "m": ["-m"]}
+    param_help = {
+        "cluster_size": "samples per static cluster K (batch_size must be a multiple)",
+        "p": "top teacher ranks skipped as likely false negatives (window start)",
+        "m": "width of the teacher rank window [p, p+m)",
+        "mutual": "keep only mutual window edges (B3); false keeps the union",
+        "partitioner": "graph partitioner: metis (default) or leiden",
+        "hard_negatives": "extra mined negatives per example (0 = none)",
+        "label_fraction": "with labels: top fraction of other labels that count as hard",
+        "metric": "similarity: cosine (default) or dot",
+        "device": "torch device for the matmul (default: cuda if available, else cpu)",
+        "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
+    }
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        *,
+        cluster_size: int = 32,
+        p: int = 30,
+        m: int = 100,
+        mutual: bool = True,
+        partitioner: str = "metis",
+        hard_negatives: int = 0,
+        label_fraction: float = 0.3,
+        seed: int | None = 0,
+        drop_last: bool = False,
+        metric: str = "cosine",
+        device: str | None = None,
+        block_rows: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(batch_size, seed=seed, drop_last=drop_last)
+        self.cluster_size = cluster_size
+        self.p = p
+        self.m = m
+        self.mutual = mutual
+        self.partitioner = partitioner
+        self.hard_negatives = hard_negatives
+        self.label_fraction = label_fraction
+        self.metric = metric
+        self.device = device
+        self.block_rows = block_rows
+        self.progress = progress
+
+    def method_params(self) -> dict:
+        params = super().method_params()
+        params.pop("progress")  # display only; never changes the plan
+        return params
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self, batch_size: int) -> int:
+        k = check_cluster_size(self.cluster_size)
+        if batch_size % k:
+            raise ValueError(
+                f"batch_size={batch_size} must be a multiple of cluster_size={k} "
+                "(a batch holds whole clusters)"
+            )
+        check_positive_int(self.p, "p", minimum=0)
+        check_positive_int(self.m, "m")
+        check_positive_int(self.hard_negatives, "hard_negatives", minimum=0)
+        if self.partitioner not in PARTITIONERS:
+            raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {self.partitioner!r}")
+        if not isinstance(self.mutual, (bool, np.bool_)):
+            raise ValueError(f"mutual must be True or False, got {self.mutual!r}")
+        return k
+
+    # ------------------------------------------------------------------ planning
+    def _plan(
+        self, queries, targets, *, n, batch_size, seed, norms, labels=None, groups=None
+    ) -> BatchPlan:
+        k = self._check_params(batch_size)
+        label_codes = None if labels is None else sample_codes(labels, n, "labels")
+        group_codes = None if groups is None else sample_codes(groups, n, "groups")
+        subsets = (
+            [None]
+            if group_codes is None
+            else [np.flatnonzero(group_codes == g) for g in range(int(group_codes.max()) + 1)]
+        )
+        neg_rng = np.random.default_rng([seed, 0, _NEGATIVES_STREAM])
+        hard_negatives = (
+            np.empty((n, self.hard_negatives), dtype=np.int64) if self.hard_negatives else None
+        )
+        seconds = dict.fromkeys(("search", "graph", "partition", "clusters"), 0.0)
+        if hard_negatives is not None:
+            seconds["hard_negatives"] = 0.0
+        all_clusters, cluster_groups, parts, stats = [], [], [], []
+        for g, idx in enumerate(subsets):
+            clusters, negatives, part, stat = self._one_group(
+                queries, targets, idx, n, k, seed, norms, label_codes, neg_rng, seconds
+            )
+            all_clusters.append(clusters)
+            cluster_groups.append(np.full(len(clusters), g, dtype=np.int64))
+            parts.append(part)
+            stats.append(stat)
+            if hard_negatives is not None:
+                rows = np.arange(n) if idx is None else idx
+                hard_negatives[rows] = negatives
+        clusters = np.concatenate(all_clusters)
+        groups_of_clusters = None if group_codes is None else np.concatenate(cluster_groups)
+        if groups_of_clusters is not None:
+            # Full clusters first, short ones last: the array reads like a batch array.
+            short_last = np.argsort(clusters[:, -1] == PAD, kind="stable")
+            clusters, groups_of_clusters = clusters[short_last], groups_of_clusters[short_last]
+
+        tick = time.perf_counter()
+        batches = group_clusters(
+            clusters,
+            batch_size,
+            rng=epoch_rng(seed, 0),
+            cluster_groups=groups_of_clusters,
+            drop_last=bool(self.drop_last),
+        )
+        seconds["batches"] = time.perf_counter() - tick
+
+        self.clusters_ = clusters
+        self.hard_negatives_ = hard_negatives
+        self.n_edges_ = int(sum(s["n_edges"] for s in stats))
+        info = _summarise(parts, stats, clusters, n, k)
+        info.update(
+            mode="labels" if label_codes is not None else "retrieval",
+            n_labels=None if label_codes is None else int(label_codes.max()) + 1,
+            n_groups=len(subsets),
+            seconds=seconds,
+        )
+        return self._make_plan(
+            batches,
+            n=n,
+            seed=seed,
+            clusters=clusters,
+            hard_negatives=hard_negatives,
+            cluster_groups=groups_of_clusters,
+            info=info,
+        )
+
+    def _one_group(self, queries, targets, idx, n, k, seed, norms, label_codes, neg_rng, seconds):
+        """Ranks → graph → partition → clusters (→ hard negatives) of one dataset."""
+        n_g = n if idx is None else idx.size
+        where = "" if idx is None else f" (in the group of sample {int(idx[0])})"
+        q = queries if idx is None else _take_rows(queries, idx)
+        t = targets if idx is None else _take_rows(targets, idx)
+        q_norms = norms[0] if idx is None else norms[0][idx]
+        t_norms = norms[1] if idx is None else norms[1][idx]
+
+        tick = time.perf_counter()
+        if label_codes is None:
+            try:
+                p, m = check_window(self.p, self.m, n_g)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{where}") from None
+            depth = 0 if not self.hard_negatives else self.p + HARD_NEGATIVE_DEPTH
+            width = min(max(p + m, depth), n_g - 1)
+            blocks = SimilarityBlocks(
+                q,
+                t,
+                metric=self.metric,
+                device=self.device,
+                block_rows=self.block_rows,
+                norms=(q_norms, t_norms),
+            )
+            ranks = top_ranks(q, t, width, progress=self.progress, blocks=blocks)
+            del blocks
+            _free_device_cache()
+            seconds["search"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            graph = window_graph(ranks, p, m, mutual=bool(self.mutual))
+        else:
+            codes = label_codes if idx is None else label_codes[idx]
+            _, codes = np.unique(codes, return_inverse=True)
+            n_labels = int(codes.max()) + 1
+            try:
+                top = check_label_fraction(self.label_fraction, n_labels)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{where}") from None
+            vectors = label_embeddings(
+                t, codes, n_labels, metric=self.metric, device=self.device, norms=t_norms
+            )
+            ranks = label_ranks(
+                q,
+                vectors,
+                codes,
+                top,
+                metric=self.metric,
+                block_rows=self.block_rows,
+                progress=self.progress,
+                norms=q_norms,
+            )
+            del vectors
+            _free_device_cache()
+            seconds["search"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            graph = label_window_graph(ranks, codes, check_positive_int(self.m, "m"), seed=seed)
+        seconds["graph"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        part = partition_graph(graph, math.ceil(n_g / k), method=self.partitioner, seed=seed)
+        seconds["partition"] += time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        local = equalize_parts(part.labels, k, graph=graph)
+        seconds["clusters"] += time.perf_counter() - tick
+        stat = {
+            "n_edges": int(graph.nnz // 2),
+            "isolated": int(np.count_nonzero(np.diff(graph.indptr) == 0)),
+            "in_cluster_edges": _in_cluster_edges(graph, local),
+        }
+
+        negatives = None
+        if self.hard_negatives:
+            tick = time.perf_counter()
+            if label_codes is None:
+                negatives = cluster_hard_negatives(
+                    local, ranks, self.p, self.hard_negatives, rng=neg_rng, depth=width - self.p
+                )
+            else:
+                negatives = label_hard_negatives(
+                    local, ranks, codes, self.hard_negatives, rng=neg_rng
+                )
+            if idx is not None:
+                negatives = idx[negatives]
+            seconds["hard_negatives"] += time.perf_counter() - tick
+        clusters = local if idx is None else np.where(local == PAD, PAD, idx[local])
+        return clusters, negatives, part, stat
+
+    # ------------------------------------------------------------------ epochs
+    @classmethod
+    def epoch_batches(cls, plan: BatchPlan, epoch: int) -> np.ndarray:
+        """The static clusters regrouped with ``(seed, epoch)``."""
+        if plan.clusters is None:
+            return plan.batches
+        return group_clusters(
+            plan.clusters,
+            plan.batch_size,
+            rng=epoch_rng(int(plan.seed or 0), epoch),
+            cluster_groups=plan.cluster_groups,
+            drop_last=plan.drop_last,
+        )
+
+
+def _take_rows(a: Any, idx: np.ndarray) -> Any:
+    """Rows ``a[idx]`` of a numpy array, memmap or torch tensor (a copy)."""
+    if isinstance(a, torch.Tensor):
+        return a[torch.as_tensor(idx, device=a.device)]
+    return np.asarray(a[idx])
+
+
+def _free_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _in_cluster_edges(graph, clusters: np.ndarray) -> int:
+    """Undirected graph edges whose two ends share a cluster."""
+    n = graph.shape[0]
+    of = np.empty(n, dtype=np.int64)
+    member = clusters != PAD
+    of[clusters[member]] = np.broadcast_to(np.arange(len(clusters))[:, None], clusters.shape)[
+        member
+    ]
+    rows = np.repeat(np.arange(n), np.diff(graph.indptr))
+    return int(np.count_nonzero(of[rows] == of[graph.indices])) // 2
+
+
+def _summarise(parts, stats, clusters: np.ndarray, n: int, k: int) -> dict:
+    """Graph, partition and cluster diagnostics over all groups, JSON-ready."""
+    n_edges = sum(s["n_edges"] for s in stats)
+    cut = sum(part.edge_cut for part in parts)
+    sizes = np.concatenate([part.sizes for part in parts])
+    inside = sum(s["in_cluster_edges"] for s in stats)
+    return {
+        "n_edges": n_edges,
+        "mean_degree": 2.0 * n_edges / n,
+        "isolated": sum(s["isolated"] for s in stats),
+        "partitioner": parts[0].method,
+        "n_parts": int(sizes.size),
+        "edge_cut": int(cut),
+        "edge_cut_fraction": cut / n_edges if n_edges else 0.0,
+        "part_size_min": int(sizes.min()),
+        "part_size_max": int(sizes.max()),
+        "part_size_mean": float(sizes.mean()),
+        "part_size_std": float(sizes.std()),
+        "n_clusters": int(len(clusters)),
+        "short_clusters": int(np.count_nonzero(clusters[:, -1] == PAD)),
+        "in_cluster_edge_fraction": inside / n_edges if n_edges else 0.0,
+    }
