@@ -208,3 +208,10 @@ def test_load_validates_the_batches(tmp_path):
     path = plan.save(tmp_path / "broken.npz")
     with pytest.raises(ValueError, match="appears in more than one batch"):
         BatchPlan.load(path)
+
+
+def test_load_rejects_single_npy_array(tmp_path):
+    path = tmp_path / "not_a_plan.npy"
+    np.save(path, np.arange(6))
+    with pytest.raises(ValueError, match="single .npy array"):
+        BatchPlan.load(path)

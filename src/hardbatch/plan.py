@@ -249,7 +249,16 @@ class BatchPlan:
         if not path.exists():
             raise FileNotFoundError(f"no plan file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as f:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as exc:  # zip, pickle and format errors all mean "not a plan"
+            raise ValueError(f"{path} is not a hardbatch plan file (.npz): {exc}") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{path} is a single .npy array, not a hardbatch plan file (.npz archive "
+                "written by BatchPlan.save)"
+            )
+        try:
+            with loaded as f:
                 contents = {name: f[name] for name in f.files}
         except Exception as exc:  # zip, pickle and format errors all mean "not a plan"
             raise ValueError(f"{path} is not a hardbatch plan file (.npz): {exc}") from None

@@ -1,0 +1,7 @@
+"""``python -m hardbatch``: the command-line interface."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
