@@ -14,12 +14,16 @@ from .api import plan
 from .batching import PAD
 from .methods import Planner, available_methods, get_method, register_method
 from .plan import BatchPlan
+from .refresh import EmbeddingRecorder
+from .sampler import HardBatchSampler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PAD",
     "BatchPlan",
+    "EmbeddingRecorder",
+    "HardBatchSampler",
     "Planner",
     "__version__",
     "available_methods",

@@ -1,0 +1,616 @@
+"""Stage 5: :class:`HardBatchSampler`, a PyTorch batch sampler that serves hard-batch plans.
+
+>>> sampler = HardBatchSampler(n_samples=len(ds), batch_size=64, method="gcbs", seed=0,
+...                            embed_fn=embed, refresh="epoch")
+>>> loader = DataLoader(ds, batch_sampler=sampler)
+>>> for epoch in range(n_epochs):
+...     sampler.set_epoch(epoch)          # re-plans from fresh embeddings at the epoch start
+...     for batch in loader: ...
+
+Where the plan comes from
+-------------------------
+* ``plan=BatchPlan`` — a static plan (e.g. B3 from teacher embeddings, or a saved ``.npz``):
+  epoch ``e`` uses ``plan.for_epoch(e)`` (B3 reshuffles its clusters, random reshuffles, GCBS
+  keeps its batches).
+* ``embeddings=(X, Y)`` — plan once from given (teacher) embeddings, then as above.
+* ``embed_fn=`` with ``refresh="epoch" | "steps"`` — re-plan from the current model
+  (see :mod:`hardbatch.refresh` for the policies and their staleness).
+* ``refresh="recorded"`` — re-plan each epoch from the embeddings the training step computed
+  (:meth:`HardBatchSampler.record`), with no extra forward pass.
+* methods that need no embeddings (``"random"``) — just ``n_samples``.
+
+Guarantees: ``len(sampler)`` is the exact number of batches of the current epoch; each epoch
+every sample appears exactly once (the ``drop_last`` rule of :mod:`hardbatch.batching` aside);
+batches are deterministic for ``(seed, epoch)`` and the embeddings they were planned from;
+under ``torch.distributed`` every rank serves the same plan (planned on rank 0 and broadcast)
+and, with ``shard=True``, its own contiguous ``batch_size / world_size`` slice of every global
+batch (see :mod:`hardbatch.ddp`). Padding (``-1``) never reaches the DataLoader.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from . import ddp
+from .batching import PAD, epoch_rng
+from .methods import get_method
+from .methods.base import COMMON_PARAMS, Planner
+from .plan import BatchPlan
+from .refresh import (
+    REFRESH_POLICIES,
+    BatchTracker,
+    EmbeddingRecorder,
+    EmbedFn,
+    Stopwatch,
+    embed_pass,
+    to_numpy_rows,
+)
+from .validation import ArrayLike, check_batch_size, check_positive_int, check_seed
+
+#: Default ``batch_size`` when neither it nor a plan is given.
+DEFAULT_BATCH_SIZE = 64
+
+
+def is_static_method(method: str) -> bool:
+    """Whether a method's plan is made once and varied per epoch by its own rule.
+
+    True for methods that read no embeddings (``random``) and for methods with their own
+    per-epoch rule (``b3`` reshuffles static clusters); False for methods meant to be re-planned
+    from fresh embeddings (``gcbs``).
+    """
+    cls = get_method(method)
+    own_rule = cls.epoch_batches.__func__ is not Planner.epoch_batches.__func__
+    return (not cls.uses_embeddings) or own_rule
+
+
+class HardBatchSampler(Sampler[list[int]]):
+    """Batches of hard negatives for a ``DataLoader(batch_sampler=...)``.
+
+    Parameters
+    ----------
+    n_samples : int, optional
+        N, the dataset length. Taken from ``plan`` or ``embeddings`` when omitted.
+    batch_size : int, optional
+        Samples per **global** batch (default 64, or the plan's). Under DDP with ``shard=True``
+        each of the W ranks gets ``batch_size / W`` of them per step (must divide evenly).
+    method : str
+        Registered method (``"gcbs"`` default, ``"b3"``, ``"random"``, ...); with ``plan=``,
+        the plan's method.
+    seed : int or None
+        Seeds every plan; epoch ``e`` (and the step of a ``"steps"`` re-plan) derive their own
+        seeds from it, so batches are deterministic per ``(seed, epoch)``.
+    drop_last : bool
+        Leftover rule (:mod:`hardbatch.batching`).
+    plan : BatchPlan, optional
+        A static plan; epoch ``e`` uses ``plan.for_epoch(e)``.
+    embeddings : (queries, targets), optional
+        (N, d) arrays or tensors (e.g. teacher embeddings, HF dataset columns via
+        :func:`hardbatch.integrations.huggingface.columns_to_embeddings`): plan once from
+        them; with ``refresh="recorded"`` they are the first epoch's embeddings.
+    embed_fn : callable, optional
+        ``embed_fn(indices) -> (queries, targets)``: embeddings of the samples ``indices``
+        (int64 array) with the current model, shape (len(indices), d). Called in batches of
+        ``embed_batch_size`` under ``torch.no_grad()``; switch the model to eval mode inside
+        it if you want (and back). Under DDP the ids are split across ranks and gathered.
+    refresh : {"auto", "never", "epoch", "recorded", "steps"}
+        When the plan is re-made (:mod:`hardbatch.refresh`). ``"auto"``: ``"never"`` for a
+        given plan or a static method (``b3``, ``random``), ``"epoch"`` when ``embed_fn`` is
+        given, else ``"never"`` (plan once from ``embeddings``).
+    refresh_every : int, optional
+        With ``refresh="steps"``: batches between re-plans of the remaining samples.
+    initial : {"auto", "embed", "random"}
+        With ``refresh="recorded"``, how the first epoch is planned before anything was
+        recorded: ``"embed"`` one pass of ``embed_fn`` (or the given ``embeddings``),
+        ``"random"`` random batches. ``"auto"``: ``"embed"`` when possible, else ``"random"``.
+    recorder : EmbeddingRecorder, optional
+        Where ``refresh="recorded"`` keeps embeddings (default: a new one, ``sampler.recorder``).
+    shuffle_batches : bool
+        Visit the full batches of an epoch in a seeded random order (the short last batch
+        stays last). GCBS batches are cut from one ordering, so neighbouring batches are alike;
+        the paper visits them in order (the default).
+    embed_batch_size : int
+        At most this many samples per ``embed_fn`` call.
+    shard : bool
+        Under DDP, give each rank its slice of every global batch (default). ``False``: yield
+        whole batches on every rank, for frameworks that shard the batch stream themselves
+        (accelerate, the sentence-transformers trainer).
+    num_replicas, rank : int, optional
+        World size and rank for ``shard`` (default: from ``torch.distributed``).
+    duplicate_ids : array-like of shape (N,), optional
+        False-negative guard: samples with equal ids never share a batch (passed to
+        ``hardbatch.plan``; needs a method that supports it).
+    progress : bool or None
+        Progress bar for the embedding pass (``None``: only for N >= 10 000).
+    **method_params
+        Passed to ``hardbatch.plan`` (e.g. ``quantile=0.999``, ``top_k=20``,
+        ``cluster_size=32``).
+
+    Attributes
+    ----------
+    epoch : int
+        Set by :meth:`set_epoch`.
+    plan_ : BatchPlan or None
+        The latest plan made or served.
+    recorder : EmbeddingRecorder or None
+        With ``refresh="recorded"``.
+    history_ : list of dict
+        One entry per planning run: ``epoch``, ``step``, ``policy``, ``n_samples`` and
+        ``seconds`` (``embed``, ``plan``, ``sync``, ``total``) — the refresh overhead.
+
+    Notes
+    -----
+    Staleness. A plan is made from embeddings that age while the model trains. ``"epoch"``:
+    fresh at the epoch start, one epoch old at its end, at the price of a no-grad pass over
+    the data (24–38% of an epoch in the GCBS paper). ``"recorded"``: no extra pass, but each
+    sample's embedding dates from the step that trained on it in the previous epoch (train
+    mode, before that step's update) — about one epoch old on average, and samples recorded
+    at different moments are compared with each other. ``"steps"``: at most
+    ``refresh_every`` steps old for the samples still to come, at the price of re-embedding
+    them at every re-plan. See :mod:`hardbatch.refresh`.
+
+    Collectives. Under ``torch.distributed`` the embedding pass, the merge of recordings and
+    the plan broadcast are collectives: every rank must iterate the sampler (and call
+    ``len()`` on a static plan made lazily) at the same points, as DataLoaders in DDP do.
+    """
+
+    def __init__(
+        self,
+        n_samples: int | None = None,
+        batch_size: int | None = None,
+        method: str | None = None,
+        *,
+        seed: int | None = 0,
+        drop_last: bool = False,
+        plan: BatchPlan | None = None,
+        embeddings: tuple[ArrayLike, ArrayLike] | None = None,
+        embed_fn: EmbedFn | None = None,
+        refresh: str = "auto",
+        refresh_every: int | None = None,
+        initial: str = "auto",
+        recorder: EmbeddingRecorder | None = None,
+        shuffle_batches: bool = False,
+        embed_batch_size: int = 256,
+        shard: bool = True,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        duplicate_ids: ArrayLike | None = None,
+        progress: bool | None = None,
+        **method_params: Any,
+    ) -> None:
+        self.plan = plan
+        self.embeddings = embeddings
+        self.embed_fn = embed_fn
+        self.refresh_every = refresh_every
+        self.shuffle_batches = bool(shuffle_batches)
+        self.embed_batch_size = check_positive_int(embed_batch_size, "embed_batch_size")
+        self.shard = bool(shard)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.progress = progress
+        self.method_params = dict(method_params)
+        self.epoch = 0
+
+        if plan is not None and not isinstance(plan, BatchPlan):
+            raise ValueError(f"plan must be a hardbatch.BatchPlan, got {type(plan).__name__}")
+        if plan is not None and method is not None and method != plan.method:
+            raise ValueError(f"method={method!r} but the plan was made with {plan.method!r}")
+        self.method = plan.method if plan is not None else (method or "gcbs")
+        if plan is None:
+            get_method(self.method)  # unknown method -> ValueError listing the known ones
+            self._check_method_params()
+        elif method_params:
+            raise ValueError(
+                f"method parameters {sorted(method_params)} have no effect with a given plan"
+            )
+
+        self.n_samples = self._resolve_n_samples(n_samples)
+        if plan is not None:
+            if batch_size is not None and int(batch_size) != plan.batch_size:
+                raise ValueError(
+                    f"batch_size={batch_size} but the plan has batch_size={plan.batch_size}"
+                )
+            batch_size = plan.batch_size
+            if drop_last != plan.drop_last:
+                drop_last = plan.drop_last  # the plan's leftover rule is what it serves
+        self.batch_size = check_batch_size(
+            DEFAULT_BATCH_SIZE if batch_size is None else batch_size, self.n_samples
+        )
+        if not isinstance(drop_last, (bool, np.bool_)):
+            raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
+        self.drop_last = bool(drop_last)
+        seed = check_seed(seed)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+            seed = int(ddp.broadcast_object(seed))  # one seed for every rank
+        self.seed = seed
+        self.duplicate_ids = None if duplicate_ids is None else np.asarray(duplicate_ids)
+        if self.duplicate_ids is not None and len(self.duplicate_ids) != self.n_samples:
+            raise ValueError(
+                f"duplicate_ids must have N={self.n_samples} entries, got {len(self.duplicate_ids)}"
+            )
+        if self.embeddings is not None:
+            self.embeddings = self._check_embeddings(embeddings)
+
+        self.refresh = self._resolve_refresh(refresh)
+        if initial not in ("auto", "embed", "random"):
+            raise ValueError(f"initial must be 'auto', 'embed' or 'random', got {initial!r}")
+        if initial == "embed" and embed_fn is None and embeddings is None:
+            raise ValueError("initial='embed' needs embed_fn or embeddings")
+        self.initial = initial
+        self.recorder: EmbeddingRecorder | None = None
+        self.tracker: BatchTracker | None = None
+        if self.refresh == "recorded":
+            self.recorder = recorder if recorder is not None else EmbeddingRecorder(self.n_samples)
+            if self.recorder.n_samples != self.n_samples:
+                raise ValueError(
+                    f"recorder holds N={self.recorder.n_samples} samples, dataset has "
+                    f"N={self.n_samples}"
+                )
+            self.tracker = BatchTracker()
+        elif recorder is not None:
+            raise ValueError("recorder= is only used with refresh='recorded'")
+
+        self.plan_: BatchPlan | None = plan
+        self.history_: list[dict[str, Any]] = []
+        self._static_plan: BatchPlan | None = plan
+        self._cache: tuple[int, np.ndarray] | None = None
+        self._last_iter_epoch: int | None = None
+
+    # ------------------------------------------------------------------ setup checks
+    def _check_method_params(self) -> None:
+        cls = get_method(self.method)
+        allowed = [p for p in cls.param_names() if p not in COMMON_PARAMS]
+        allowed += list(getattr(cls, "fit_params", ()))
+        unknown = sorted(set(self.method_params) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"method {self.method!r} got unknown parameter(s) {unknown}; "
+                f"its parameters are: {', '.join(allowed) or '(none)'}"
+            )
+
+    def _resolve_n_samples(self, n_samples: int | None) -> int:
+        candidates = []
+        if n_samples is not None:
+            candidates.append(("n_samples", check_positive_int(n_samples, "n_samples")))
+        if self.plan is not None:
+            candidates.append(("plan.n_samples", self.plan.n_samples))
+        if self.embeddings is not None:
+            if not isinstance(self.embeddings, (tuple, list)) or len(self.embeddings) != 2:
+                raise ValueError("embeddings must be a pair (queries, targets) of (N, d) arrays")
+            candidates.append(("embeddings rows", int(self.embeddings[0].shape[0])))
+        if not candidates:
+            raise ValueError("give n_samples (the dataset length), a plan or embeddings")
+        name0, n0 = candidates[0]
+        for name, n in candidates[1:]:
+            if n != n0:
+                raise ValueError(f"{name0}={n0} does not match {name}={n}")
+        return n0
+
+    def _check_embeddings(self, embeddings: Any) -> tuple[Any, Any]:
+        queries, targets = embeddings
+        for a, name in ((queries, "queries"), (targets, "targets")):
+            if len(getattr(a, "shape", ())) != 2:
+                raise ValueError(f"embeddings {name} must have shape (N, d)")
+            if int(a.shape[0]) != self.n_samples:
+                raise ValueError(
+                    f"embeddings {name} have {a.shape[0]} rows, expected N={self.n_samples}"
+                )
+        return queries, targets
+
+    def _resolve_refresh(self, refresh: str) -> str:
+        if refresh is None:
+            refresh = "never"
+        if refresh not in REFRESH_POLICIES:
+            raise ValueError(f"refresh must be one of {REFRESH_POLICIES}, got {refresh!r}")
+        static = self.plan is not None or is_static_method(self.method)
+        if refresh == "auto":
+            if static:
+                refresh = "never"
+            elif self.embed_fn is not None:
+                refresh = "epoch"
+            elif self.embeddings is not None:
+                refresh = "never"
+            else:
+                raise ValueError(
+                    f"method {self.method!r} plans from embeddings: give embed_fn= (re-plan each "
+                    "epoch from the current model), embeddings= (plan once), plan=, or "
+                    "refresh='recorded' (plan from the embeddings the training step records)"
+                )
+        if self.plan is not None and refresh != "never":
+            raise ValueError(f"a given plan is static: refresh={refresh!r} needs plan=None")
+        if refresh in ("epoch", "steps") and self.embed_fn is None:
+            raise ValueError(f"refresh={refresh!r} needs embed_fn=")
+        if refresh == "recorded" and not get_method(self.method).uses_embeddings:
+            raise ValueError(f"method {self.method!r} reads no embeddings: nothing to record")
+        if refresh == "never" and self.plan is None and get_method(self.method).uses_embeddings:
+            if self.embeddings is None and self.embed_fn is None:
+                raise ValueError(
+                    f"method {self.method!r} needs embeddings=, embed_fn= or plan= to plan once"
+                )
+        if refresh == "steps" and is_static_method(self.method):
+            raise ValueError(
+                f"refresh='steps' re-plans the rest of an epoch; method {self.method!r} keeps "
+                "its own per-epoch rule (use refresh='never' or 'epoch')"
+            )
+        if refresh == "steps":
+            self.refresh_every = check_positive_int(self.refresh_every, "refresh_every")
+        elif self.refresh_every is not None:
+            raise ValueError("refresh_every is only used with refresh='steps'")
+        return refresh
+
+    # ------------------------------------------------------------------ sampler protocol
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration serves (call before each epoch)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Exact number of batches this epoch (per rank: one slice per global batch)."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return len(self._cache[1])
+        if self.refresh == "never":
+            return len(self._static().for_epoch(self.epoch))
+        if self.refresh in ("epoch", "recorded") and is_static_method(self.method):
+            # Cluster methods may cut N into a different number of batches: plan now.
+            return len(self._batches_for(self.epoch))
+        n_full, rest = divmod(self.n_samples, self.batch_size)
+        return n_full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        world, rank = self._replicas()
+        if self.refresh != "never" and self._last_iter_epoch == epoch:
+            warnings.warn(
+                f"HardBatchSampler: epoch {epoch} is iterated again with the same plan; call "
+                "sampler.set_epoch(epoch) before each epoch so that it re-plans",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._last_iter_epoch = epoch
+        if self.tracker is not None:
+            self.tracker.reset()
+        rows = self._iter_steps(epoch) if self.refresh == "steps" else self._iter_rows(epoch)
+        for row in rows:
+            batch = self._share(row, world, rank)
+            if self.tracker is not None:
+                self.tracker.push(self.recorder, batch)
+            yield batch.tolist()
+
+    def _iter_rows(self, epoch: int) -> Iterator[np.ndarray]:
+        for row in self._batches_for(epoch):
+            yield row[row != PAD]
+
+    # ------------------------------------------------------------------ DDP share
+    def _replicas(self) -> tuple[int, int]:
+        if not self.shard:
+            return 1, 0
+        world = self.num_replicas if self.num_replicas is not None else ddp.world_size()
+        rank = self.rank if self.rank is not None else ddp.rank()
+        world = check_positive_int(world, "num_replicas")
+        if not 0 <= int(rank) < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size={self.batch_size} is the global batch: it must be a multiple of the "
+                f"{world} ranks (each gets batch_size / world_size per step)"
+            )
+        return world, int(rank)
+
+    def _share(self, batch: np.ndarray, world: int, rank: int) -> np.ndarray:
+        """This rank's contiguous slice of a global batch.
+
+        A short last batch is split as evenly as possible; when it has fewer samples than
+        ranks, the ranks left without one repeat a sample of it (so no rank gets an empty
+        batch and every rank takes the same number of steps).
+        """
+        if world == 1:
+            return batch
+        if len(batch) == self.batch_size:
+            per = self.batch_size // world
+            return batch[rank * per : (rank + 1) * per]
+        part = np.array_split(batch, world)[rank]
+        return part if len(part) else batch[[rank % len(batch)]]
+
+    # ------------------------------------------------------------------ planning
+    def _epoch_seed(self, epoch: int, step: int = 0) -> int:
+        state = np.random.SeedSequence([self.seed, int(epoch), int(step)]).generate_state(1)
+        return int(state[0] >> 1)
+
+    def _plan(
+        self,
+        queries: Any,
+        targets: Any,
+        *,
+        seed: int,
+        subset: np.ndarray | None = None,
+        method: str | None = None,
+    ) -> BatchPlan:
+        """Plan on rank 0 and broadcast the plan (every rank serves the same batches)."""
+        from .api import plan as make_plan
+
+        method = method or self.method
+        plan = None
+        if ddp.rank() == 0:
+            n = self.n_samples if subset is None else len(subset)
+            params = dict(self.method_params) if method == self.method else {}
+            if self.duplicate_ids is not None:
+                params["duplicate_ids"] = self.duplicate_ids
+            if subset is not None:  # per-sample arrays follow the subset
+                per_sample = ("duplicate_ids", *getattr(get_method(method), "fit_params", ()))
+                for key in per_sample:
+                    if params.get(key) is not None:
+                        params[key] = np.asarray(params[key])[subset]
+            uses = get_method(method).uses_embeddings
+            plan = make_plan(
+                method,
+                queries if uses else None,
+                targets if uses else None,
+                batch_size=self.batch_size,
+                seed=seed,
+                drop_last=self.drop_last,
+                n_samples=n,
+                **params,
+            )
+        return ddp.broadcast_object(plan)
+
+    def _static(self) -> BatchPlan:
+        """The plan of ``refresh="never"``: given, or made once (from seed, not per epoch)."""
+        if self._static_plan is None:
+            watch = Stopwatch()
+            queries = targets = None
+            if get_method(self.method).uses_embeddings:
+                with watch("embed"):
+                    queries, targets = self._initial_embeddings()
+            with watch("plan"):
+                self._static_plan = self._plan(queries, targets, seed=self.seed)
+            self.plan_ = self._static_plan
+            self._log(self.epoch, 0, "never", self.n_samples, watch)
+        return self._static_plan
+
+    def _initial_embeddings(self) -> tuple[Any, Any]:
+        if self.embeddings is not None:
+            return self.embeddings
+        return self._embed(np.arange(self.n_samples))
+
+    def _embed(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return embed_pass(
+            self.embed_fn, indices, batch_size=self.embed_batch_size, progress=self.progress
+        )
+
+    def _batches_for(self, epoch: int) -> np.ndarray:
+        """The global batches of ``epoch`` (with padding), planned at most once per epoch."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        if self.refresh == "never":
+            batches = self._static().for_epoch(epoch)
+        else:
+            batches = self._refreshed_batches(epoch)
+        if self.shuffle_batches:
+            batches = _shuffle_full_rows(batches, epoch_rng(self.seed, epoch))
+        self._cache = (epoch, batches)
+        return batches
+
+    def _refreshed_batches(self, epoch: int) -> np.ndarray:
+        watch = Stopwatch()
+        seed = self._epoch_seed(epoch)
+        method = self.method
+        if self.refresh == "epoch":
+            with watch("embed"):
+                queries, targets = self._embed(np.arange(self.n_samples))
+        else:  # recorded
+            with watch("sync"):
+                self.recorder.synchronize()
+            queries = targets = None
+            if self.recorder.n_known == 0:
+                use_embed = self.initial == "embed" or (
+                    self.initial == "auto"
+                    and (self.embeddings is not None or self.embed_fn is not None)
+                )
+                if use_embed:
+                    with watch("embed"):
+                        self.recorder.set_all(*self._initial_embeddings())
+                else:
+                    method = "random"
+            if method != "random":
+                queries, targets = self.recorder.embeddings(seed=seed)
+        with watch("plan"):
+            plan = self._plan(queries, targets, seed=seed, method=method)
+        self.plan_ = plan
+        self._log(epoch, 0, self.refresh, self.n_samples, watch)
+        return plan.batches
+
+    def _iter_steps(self, epoch: int) -> Iterator[np.ndarray]:
+        """``refresh="steps"``: re-plan the samples not yet served every ``refresh_every``
+        batches, so each sample still appears once per epoch."""
+        remaining = np.arange(self.n_samples, dtype=np.int64)
+        step = 0
+        while len(remaining):
+            if len(remaining) < self.batch_size:  # too few to plan: the leftover batch
+                if not self.drop_last:
+                    yield remaining
+                return
+            watch = Stopwatch()
+            with watch("embed"):
+                queries, targets = self._embed(remaining)
+            with watch("plan"):
+                sub = self._plan(
+                    queries, targets, seed=self._epoch_seed(epoch, step), subset=remaining
+                )
+            self.plan_ = sub
+            self._log(epoch, step, "steps", len(remaining), watch)
+            batches = sub.batches
+            if self.shuffle_batches:
+                batches = _shuffle_full_rows(batches, epoch_rng(self._epoch_seed(epoch, step), 0))
+            served = np.zeros(len(remaining), dtype=bool)
+            for k, row in enumerate(batches):
+                ids = row[row != PAD]
+                yield remaining[ids]
+                served[ids] = True
+                step += 1
+                if k + 1 == self.refresh_every and k + 1 < len(batches):
+                    break
+            else:
+                return  # plan exhausted: the epoch is complete
+            remaining = remaining[~served]
+
+    def _log(self, epoch: int, step: int, policy: str, n: int, watch: Stopwatch) -> None:
+        seconds = dict(watch.seconds)
+        seconds["total"] = sum(seconds.values())
+        self.history_.append(
+            {"epoch": epoch, "step": step, "policy": policy, "n_samples": n, "seconds": seconds}
+        )
+
+    # ------------------------------------------------------------------ recording
+    def record(self, query_embeddings: Any, target_embeddings: Any, indices: Any = None) -> None:
+        """Record the training step's embeddings (``refresh="recorded"``).
+
+        Parameters
+        ----------
+        query_embeddings, target_embeddings : tensor of shape (b, d)
+            This step's embeddings (detached and copied to the host; gradients untouched).
+        indices : array-like of shape (b,), optional
+            Their sample ids. Default: the next batch this sampler handed out on this rank
+            (batches are consumed in order; with DataLoader prefetching that still holds).
+        """
+        if self.recorder is None:
+            raise ValueError("record() needs refresh='recorded'")
+        if indices is None:
+            popped = self.tracker.pop(len(to_numpy_rows(query_embeddings, "query_embeddings")))
+            if popped is None:
+                return
+            _, indices = popped
+        self.recorder.record(indices, query_embeddings, target_embeddings)
+
+    # ------------------------------------------------------------------ reporting
+    def planning_seconds(self, epoch: int | None = None) -> float:
+        """Refresh overhead (embedding pass + planning + sync) of ``epoch`` (default: last)."""
+        if not self.history_:
+            return 0.0
+        if epoch is None:
+            epoch = self.history_[-1]["epoch"]
+        return float(sum(h["seconds"]["total"] for h in self.history_ if h["epoch"] == epoch))
+
+    def __repr__(self) -> str:
+        return (
+            f"HardBatchSampler(method={self.method!r}, n_samples={self.n_samples}, "
+            f"batch_size={self.batch_size}, refresh={self.refresh!r}, seed={self.seed}, "
+            f"epoch={self.epoch})"
+        )
+
+
+def _shuffle_full_rows(batches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Permute the full rows of a batch array among themselves; short (padded) rows keep
+    their positions (the short last batch stays last)."""
+    full = np.flatnonzero(~(batches == PAD).any(axis=1))
+    order = np.arange(len(batches))
+    order[full] = full[rng.permutation(len(full))]
+    return batches[order]
+
+
+__all__ = ["HardBatchSampler", "is_static_method"]

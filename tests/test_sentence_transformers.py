@@ -1,0 +1,353 @@
+"""sentence-transformers: the trainer builds and drives the sampler; a tiny BERT built locally
+(a WordPiece vocabulary written to a temporary folder, no download)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import hardbatch
+
+st = pytest.importorskip("sentence_transformers")
+datasets = pytest.importorskip("datasets")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sentence_transformers import (  # noqa: E402
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+
+try:  # sentence-transformers >= 6 layout
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
+    from sentence_transformers.sentence_transformer.modules import Pooling
+except ImportError:  # 3.x - 5.x
+    from sentence_transformers.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
+    from sentence_transformers.models import Pooling, Transformer
+
+from hardbatch.integrations.sentence_transformers import DefaultBatchSampler  # noqa: E402
+from hardbatch.sentence_transformers import HardBatchSampler, RecordingLoss  # noqa: E402
+
+WORDS = (
+    "alpha beta gamma delta red green blue cat dog fish bird tree leaf root river lake sea "
+    "sun moon star stone sand wind rain snow"
+).split()
+HIDDEN = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A 1-layer BERT (hidden 16, no dropout) and its WordPiece tokenizer, saved locally."""
+    path = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+class CallCounter:
+    def __init__(self, model):
+        self.calls = 0
+        model.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.calls += 1
+
+
+@pytest.fixture
+def model(tiny_bert_dir):
+    return SentenceTransformer(
+        modules=[Transformer(tiny_bert_dir, max_seq_length=16), Pooling(HIDDEN, "mean")],
+        device="cpu",
+    )
+
+
+def make_dataset(n, seed=0, duplicates=0):
+    rng = np.random.default_rng(seed)
+    anchors = [" ".join(rng.choice(WORDS, 4)) for _ in range(n)]
+    positives = [a + " " + str(rng.choice(WORDS)) for a in anchors]
+    for i in range(duplicates):  # sample i and n-1-i share their positive
+        positives[n - 1 - i] = positives[i]
+    return datasets.Dataset.from_dict({"anchor": anchors, "positive": positives})
+
+
+def train(model, dataset, config, loss, *, epochs=2, batch_size=16, lr=5e-5, **kwargs):
+    args = SentenceTransformerTrainingArguments(
+        output_dir=kwargs.pop("output_dir", "unused"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=lr,
+        batch_sampler=config,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        **kwargs.pop("args", {}),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, **kwargs
+    )
+    trainer.train()
+    return trainer
+
+
+def test_gcbs_epoch_refresh_with_mnrl(model, tmp_path):
+    counter = CallCounter(model)
+    dataset = make_dataset(80)
+    config = HardBatchSampler.configure(method="gcbs", model=model, quantile=0.9)
+    trainer = train(
+        model, dataset, config, MultipleNegativesRankingLoss(model), output_dir=tmp_path
+    )
+    sampler = config.samplers_[0]
+    assert isinstance(sampler, DefaultBatchSampler) and sampler.for_training
+    assert [h["policy"] for h in sampler.history_] == ["epoch", "epoch"]
+    assert trainer.state.global_step == 2 * len(sampler) == 2 * 5
+    assert sampler.sampler_.plan_.method == "gcbs"
+    # Training: 2 columns x 10 steps; refresh: one encode call per column and epoch.
+    assert counter.calls == 2 * 10 + 2 * 2
+    model.train()
+    sampler._embed(np.arange(4))
+    assert model.training, "the refresh pass left the model in eval mode"
+
+
+@pytest.mark.parametrize(
+    "loss_cls", [MultipleNegativesRankingLoss, CachedMultipleNegativesRankingLoss]
+)
+def test_recorded_refresh_no_extra_pass_and_aligned(model, loss_cls, tmp_path):
+    counter = CallCounter(model)
+    dataset = make_dataset(64, seed=1)
+    config = HardBatchSampler.configure(method="gcbs", model=model, refresh="recorded")
+    inner = (
+        loss_cls(model)
+        if loss_cls is MultipleNegativesRankingLoss
+        else loss_cls(model, mini_batch_size=8)
+    )
+    loss = config.wrap_loss(inner)
+    assert isinstance(loss, RecordingLoss) and loss.get_config_dict() == inner.get_config_dict()
+    # lr=0 keeps the weights fixed, so every recording must equal the sample's own embedding.
+    train(model, dataset, config, loss, lr=0.0, output_dir=tmp_path)
+    calls = counter.calls
+    sampler = config.samplers_[0]
+    recorder = sampler.sampler_.recorder
+    assert (recorder.stamps_ > 0).all(), "some sample was never recorded"
+    expected_q = model.encode(dataset["anchor"], convert_to_numpy=True)
+    expected_t = model.encode(dataset["positive"], convert_to_numpy=True)
+    np.testing.assert_allclose(recorder.queries_, expected_q, atol=1e-5)
+    np.testing.assert_allclose(recorder.targets_, expected_t, atol=1e-5)
+    assert [h["policy"] for h in sampler.history_] == ["recorded", "recorded"]
+    steps = 2 * len(sampler)
+    # Calls per step: MNRL embeds each column once; the cached loss embeds each column's
+    # 2 mini-batches twice (no-grad, then with grad). The only other calls: one initial
+    # encode pass (one call per column) before the first epoch.
+    per_step = 2 if loss_cls is MultipleNegativesRankingLoss else 2 * 2 * 2
+    assert calls == per_step * steps + 2
+    # Epoch 1 was planned from the recordings (the weights did not move, so they are final).
+    reference = hardbatch.plan(
+        "gcbs",
+        recorder.queries_,
+        recorder.targets_,
+        batch_size=16,
+        seed=sampler.sampler_._epoch_seed(1),
+        duplicate_ids=sampler.sampler_.duplicate_ids,
+    )
+    np.testing.assert_array_equal(sampler.sampler_.plan_.batches, reference.batches)
+
+
+def test_datasetdict_gets_one_plan_per_dataset(model, tmp_path):
+    data = datasets.DatasetDict({"a": make_dataset(48, seed=2), "b": make_dataset(32, seed=3)})
+    config = HardBatchSampler.configure(method="gcbs", model=model, refresh="recorded")
+    loss = config.wrap_loss(MultipleNegativesRankingLoss(model))
+    train(model, data, config, loss, lr=0.0, output_dir=tmp_path)
+    samplers = [s for s in config.samplers_ if s.for_training]
+    assert [len(s.dataset) for s in samplers] == [48, 32]
+    for sampler, name in zip(samplers, ["a", "b"], strict=True):
+        recorder = sampler.sampler_.recorder
+        assert (recorder.stamps_ > 0).all()
+        # Interleaved batches of two datasets still land in the right recorder and rows.
+        expected = model.encode(data[name]["anchor"], convert_to_numpy=True)
+        np.testing.assert_allclose(recorder.queries_, expected, atol=1e-5)
+
+
+def test_eval_sampler_serves_random_batches_without_embedding(model, tmp_path):
+    counter = CallCounter(model)
+    config = HardBatchSampler.configure(method="gcbs", model=model, quantile=0.9)
+    train(
+        model,
+        make_dataset(32),
+        config,
+        MultipleNegativesRankingLoss(model),
+        epochs=1,
+        eval_dataset=make_dataset(20, seed=5),
+        args={"eval_strategy": "epoch"},
+        output_dir=tmp_path,
+    )
+    evals = [s for s in config.samplers_ if not s.for_training]
+    assert evals and all(s.history_ == [] for s in evals)
+    batches = list(evals[0])
+    assert sorted(np.concatenate(batches)) == list(range(20))
+    # Training: 2 steps x 2 columns + 1 refresh pass (2 calls); eval: 2 batches x 2 columns.
+    assert counter.calls == 4 + 2 + 4
+
+
+def test_duplicate_guard_keeps_equal_positives_apart(model):
+    dataset = make_dataset(64, duplicates=12)
+    config = HardBatchSampler.configure(method="gcbs", model=model, quantile=0.9)
+    sampler = config(dataset, batch_size=16, drop_last=False, seed=0)
+    sampler.set_epoch(0)
+    batches = list(sampler)
+    assert sorted(np.concatenate(batches)) == list(range(64))
+    for batch in batches:
+        texts = [dataset[i]["positive"] for i in batch]
+        assert len(set(texts)) == len(texts)
+    assert sampler.sampler_.plan_.info["duplicate_guard"]["distinct_ids"] == 64 - 12
+
+
+def test_teacher_embeddings_give_a_static_plan(model):
+    dataset = make_dataset(40)
+    teacher = (np.random.default_rng(0).standard_normal((40, 8)).astype("f4"),) * 2
+    config = HardBatchSampler.configure(method="gcbs", embeddings=teacher, quantile=0.9)
+    sampler = config(dataset, batch_size=8, drop_last=False, seed=0)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) == first and sampler.sampler_.refresh == "never"
+    assert len(sampler.history_) == 1
+
+
+@pytest.mark.skipif("b3" not in hardbatch.available_methods(), reason="b3 not registered")
+def test_b3_with_a_teacher_model(model, tmp_path):
+    config = HardBatchSampler.configure(
+        method="b3", teacher=model, cluster_size=4, p=2, m=6, duplicates=None
+    )
+    train(model, make_dataset(64), config, MultipleNegativesRankingLoss(model), output_dir=tmp_path)
+    sampler = config.samplers_[0]
+    assert sampler.sampler_.refresh == "never" and len(sampler.history_) == 1
+    assert sampler.sampler_.plan_.clusters.shape[1] == 4
+
+
+def test_config_pickles_without_runtime_state(model):
+    config = HardBatchSampler.configure(method="gcbs", model=model, quantile=0.9)
+    config(make_dataset(20), batch_size=8, drop_last=False)
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy.model is None and copy.samplers_ == [] and copy.method_params == {"quantile": 0.9}
+
+
+def test_bad_config(model):
+    with pytest.raises(ValueError, match="unknown method"):
+        HardBatchSampler.configure(method="nope")
+    with pytest.raises(ValueError, match="refresh must be"):
+        HardBatchSampler.configure(refresh="often")
+    with pytest.raises(ValueError, match="duplicates must be"):
+        HardBatchSampler.configure(duplicates="anchor")
+    with pytest.raises(ValueError, match="encode"):
+        HardBatchSampler.configure(teacher=object())
+    sampler = HardBatchSampler.configure()(make_dataset(20), batch_size=8, drop_last=False)
+    with pytest.raises(ValueError, match="pass model="):
+        sampler.set_epoch(0)
+    with pytest.raises(ValueError, match="query and a target column"):
+        HardBatchSampler.configure(model=model, target_column="nope")(
+            make_dataset(20), batch_size=8, drop_last=False
+        )
+
+
+DDP_WORKER = """
+import os, pickle, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_sentence_transformers import (HIDDEN, MultipleNegativesRankingLoss, Pooling,
+    SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments,
+    Transformer, make_dataset)
+from hardbatch.sentence_transformers import HardBatchSampler
+
+path, out = sys.argv[1], sys.argv[2]
+model = SentenceTransformer(modules=[Transformer(path, max_seq_length=16), Pooling(HIDDEN)],
+                            device="cpu")
+dataset = make_dataset(64, seed=1)
+config = HardBatchSampler.configure(method="gcbs", model=model, refresh="recorded")
+args = SentenceTransformerTrainingArguments(
+    output_dir=out, num_train_epochs=2, per_device_train_batch_size=8, learning_rate=0.0,
+    batch_sampler=config, report_to=[], save_strategy="no", logging_strategy="no",
+    disable_tqdm=True, use_cpu=True, seed=0)
+trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                     loss=config.wrap_loss(MultipleNegativesRankingLoss(model)))
+trainer.train()
+sampler = [s for s in config.samplers_ if s.for_training][0]
+recorder = sampler.sampler_.recorder
+recorder.synchronize()
+result = dict(rank=int(os.environ["RANK"]), steps=trainer.state.global_step,
+              stamps=recorder.stamps_, queries=recorder.queries_,
+              plan=sampler.sampler_.plan_.batches, mismatches=config.tracker.mismatches_,
+              expected=model.encode(dataset["anchor"], convert_to_numpy=True))
+with open(os.path.join(out, f"rank{{result['rank']}}.pkl"), "wb") as fh:
+    pickle.dump(result, fh)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_trainer_recordings_line_up_with_accelerate_sharding(tiny_bert_dir, tmp_path):
+    """Two CPU processes (gloo) under the real trainer: accelerate gives batch j to rank
+    j % 2, the loss-side recordings of both ranks must land on the right samples."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(tests=os.path.dirname(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), tiny_bert_dir, str(tmp_path)],
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    results = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
+    for r in results:
+        assert r["steps"] == 2 * 64 // 8 // 2  # each rank trains on every other batch
+        assert r["mismatches"] == 0 and (r["stamps"] > 0).all()
+        np.testing.assert_allclose(r["queries"], r["expected"], atol=1e-5)
+    np.testing.assert_array_equal(results[0]["plan"], results[1]["plan"])
