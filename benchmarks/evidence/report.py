@@ -1,0 +1,191 @@
+"""Tables (markdown) and plots (PNG) from the runs of the evidence benchmark."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LABELS = {
+    "random": "random",
+    "nodup": "no-duplicates random",
+    "hn1": "Hard Negative (1)",
+    "tas": "TAS k-means",
+    "gcbs": "GCBS (epoch refresh)",
+    "gcbs_rec": "GCBS (recorded, 0 extra fwd)",
+    "b3": "B3",
+    "b3_hn": "B3 + hard negatives",
+}
+
+
+def _ms(values: list[float], scale: float = 100.0) -> str:
+    v = np.asarray(values, dtype=float) * scale
+    if len(v) == 1:
+        return f"{v[0]:.1f}"
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by method, in the order the methods first appear."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        out[r["method"]].append(r)
+    return dict(out)
+
+
+def _epoch_mean(runs: list[dict], key: str, *, skip_first: bool = False) -> float:
+    vals = []
+    for r in runs:
+        eps = r["epochs"][1:] if skip_first and len(r["epochs"]) > 1 else r["epochs"]
+        vals += [e[key] for e in eps if key in e]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
+    """Markdown table: quality (mean ± std over seeds), Δ vs random, loss gap, times."""
+    by = group_runs(runs)
+    base = by.get("random")
+    head = ["method", "seeds", *metric_keys]
+    if base:
+        head.append(f"Δ {metric_keys[0]} vs random")
+    head += [
+        "gap (mean over epochs)",
+        "gap vs random",
+        "train s/epoch",
+        "extra fwd s/epoch",
+        "planning s/epoch",
+        "setup s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base_metric = np.mean([r["test"][metric_keys[0]] for r in base]) if base else None
+    base_gap = _epoch_mean(base, "gap") if base else None
+    for method, rs in by.items():
+        row = [LABELS.get(method, method), str(len(rs))]
+        row += [_ms([r["test"][k] for r in rs]) for k in metric_keys]
+        if base:
+            delta = 100 * (np.mean([r["test"][metric_keys[0]] for r in rs]) - base_metric)
+            row.append(f"{delta:+.1f}")
+        gap = _epoch_mean(rs, "gap")
+        row.append(f"{gap:.3f}" if np.isfinite(gap) else "–")
+        if base_gap and np.isfinite(gap):
+            row.append(f"{gap / base_gap - 1:+.0%}")
+        else:
+            row.append("–")
+        row.append(f"{_epoch_mean(rs, 'train_s'):.2f}")
+        row.append(f"{_epoch_mean(rs, 'extra_forward_s'):.2f}")
+        row.append(f"{_epoch_mean(rs, 'planning_s'):.2f}")
+        row.append(f"{np.mean([r['setup_s'] for r in rs]):.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(runs: list[dict], metric: str) -> str:
+    """Markdown table of a sensitivity sweep: knob value → valid and test metric."""
+    rows: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        rows[(r["sweep"], r["method"], r["sweep_value"], r["batch_size"])].append(r)
+    lines = [
+        f"| knob | method | value | batch | seeds | valid {metric} | test {metric} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (knob, method, value, bs), rs in rows.items():
+        lines.append(
+            f"| {knob} | {LABELS.get(method, method)} | {value} | {bs} | {len(rs)} | "
+            f"{_ms([r['valid'][metric] for r in rs])} | {_ms([r['test'][metric] for r in rs])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_gap(runs: list[dict], path: Path, title: str) -> None:
+    """L_global and E[L_train] at each epoch start (GCBS Figure 3), first seed of each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = group_runs(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, rs in by.items():
+        eps = [e for e in rs[0]["epochs"] if "gap" in e]
+        if not eps:
+            continue
+        x = [e["epoch"] for e in eps]
+        (line,) = axes[0].plot(x, [e["train"] for e in eps], marker="o", label=LABELS[method])
+        axes[0].plot(x, [e["global"] for e in eps], ls="--", color=line.get_color(), alpha=0.6)
+        gaps = np.array([[e["gap"] for e in r["epochs"] if "gap" in e] for r in rs if r["epochs"]])
+        axes[1].plot(x, gaps.mean(0), marker="o", label=LABELS[method], color=line.get_color())
+    axes[0].set(
+        xlabel="epoch (start)", ylabel="loss", title="E[L_train] (solid), L_global (dashed)"
+    )
+    axes[1].set(xlabel="epoch (start)", ylabel="L_global − E[L_train]", title="loss gap")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_quality_time(runs: list[dict], metric: str, path: Path, title: str) -> None:
+    """Test metric per method (each seed a dot) next to the time per epoch split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = group_runs(runs)
+    names = list(by)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, m in enumerate(names):
+        vals = [100 * r["test"][metric] for r in by[m]]
+        axes[0].scatter([i] * len(vals), vals, s=18)
+        axes[0].hlines(np.mean(vals), i - 0.3, i + 0.3)
+    axes[0].set_xticks(range(len(names)), [LABELS[m] for m in names], rotation=35, ha="right")
+    axes[0].set(ylabel=f"test {metric} (×100)", title="quality, every seed")
+    bottom = np.zeros(len(names))
+    for key, label in (
+        ("train_s", "train"),
+        ("extra_forward_s", "extra forward"),
+        ("planning_s", "planning"),
+    ):
+        vals = np.array([_epoch_mean(by[m], key) for m in names])
+        axes[1].bar(range(len(names)), vals, bottom=bottom, label=label)
+        bottom += vals
+    axes[1].set_xticks(range(len(names)), [LABELS[m] for m in names], rotation=35, ha="right")
+    axes[1].set(ylabel="seconds per epoch", title="time per epoch")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(runs: list[dict], metric: str, path: Path, title: str) -> None:
+    """One panel per knob: valid metric against the knob value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    knobs = list(dict.fromkeys(r["sweep"] for r in runs))
+    fig, axes = plt.subplots(1, len(knobs), figsize=(3.6 * len(knobs), 3.4), squeeze=False)
+    for ax, knob in zip(axes[0], knobs, strict=True):
+        series: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in runs:
+            if r["sweep"] == knob:
+                series[r["method"]][r["sweep_value"]].append(100 * r["valid"][metric])
+        for method, points in series.items():
+            xs = list(points)
+            ax.plot(
+                [str(x) for x in xs],
+                [np.mean(points[x]) for x in xs],
+                marker="o",
+                label=LABELS[method],
+            )
+        ax.set(title=knob, ylabel=f"valid {metric} (×100)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
