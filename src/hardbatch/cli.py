@@ -430,18 +430,35 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .api import plan as make_plan
 
     start = time.perf_counter()
-    plan = make_plan(
-        cls.name,
-        queries,
-        targets,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        drop_last=args.drop_last,
-        n_samples=args.n_samples,
-        duplicate_ids=duplicate_ids,
-        **params,
-        **fit_data,
-    )
+    if getattr(args, "ray_address", None):
+        if duplicate_ids is not None or fit_data:
+            raise CliError("--ray-address does not support --duplicate-ids or per-sample arrays")
+        from .distributed import plan_on_ray
+
+        plan = plan_on_ray(
+            cls.name,
+            queries=queries,
+            targets=targets,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            address=None if args.ray_address == "local" else args.ray_address,
+            seed=args.seed,
+            drop_last=args.drop_last,
+            **params,
+        )
+    else:
+        plan = make_plan(
+            cls.name,
+            queries,
+            targets,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            drop_last=args.drop_last,
+            n_samples=args.n_samples,
+            duplicate_ids=duplicate_ids,
+            **params,
+            **fit_data,
+        )
     seconds = time.perf_counter() - start
     plan.save(args.output)
     print(plan_summary(plan, seconds))
@@ -789,6 +806,20 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bars on stderr (default: only for work that takes seconds)",
+    )
+    scale = plan.add_argument_group("beyond one machine (hardbatch[ray])")
+    scale.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="plan coarse shards as Ray tasks: 'auto' (on a cluster node), 'ray://HOST:10001', "
+        "or 'local' (start a local Ray); see hardbatch.distributed.plan_on_ray",
+    )
+    scale.add_argument(
+        "--shard-size",
+        type=int,
+        default=1_000_000,
+        metavar="S",
+        help="with --ray-address: most samples per shard (default: 1000000)",
     )
     plan.set_defaults(func=_cmd_plan, method_options=_add_method_options(plan))
     _add_debug(plan, default=argparse.SUPPRESS)

@@ -40,9 +40,18 @@ from ..similarity import (
     top_ranks,
     window_graph,
 )
+from ..similarity.approximate import (
+    check_backend,
+    neighbour_recall,
+    neighbours,
+    resolve_backend,
+)
 from ..structure import PARTITIONERS, check_cluster_size, equalize_parts, partition_graph
 from ..validation import check_positive_int
 from .base import Planner, register_method
+
+#: ``partitioner="auto"`` uses METIS up to this many samples per group, Leiden above.
+AUTO_METIS_NODES = 200_000
 
 #: Stream of the hard-negative sampler within ``(seed, 0, ...)`` (independent of the shuffle).
 _NEGATIVES_STREAM = 2
@@ -66,8 +75,11 @@ class B3(Planner):
         sampled per example (see :func:`hardbatch.similarity.label_window_graph`).
     mutual : bool
         Mutual window edges (B3) or their union. Ignored with ``labels`` (always mutual).
-    partitioner : {"metis", "leiden"}
-        See :mod:`hardbatch.structure.partition`.
+    partitioner : {"auto", "metis", "leiden"}
+        See :mod:`hardbatch.structure.partition`. ``"auto"`` (default) is METIS (B3's choice)
+        up to :data:`AUTO_METIS_NODES` samples per group and Leiden above: on the 100k-pair
+        benchmark graph (1.1M edges, 3125 parts) METIS took 9.0 s for an edge cut of 0.90,
+        Leiden 4.7 s for 0.87 (``benchmarks/scale.py``), and Leiden is near-linear in edges.
     hard_negatives : int
         Extra negatives per example (0: none; the authors add 5), in ``plan.hard_negatives``.
     label_fraction : float
@@ -84,6 +96,12 @@ class B3(Planner):
         Query rows per matmul block.
     progress : bool or None
         Progress bars (``None``: only when the work takes seconds).
+    backend : {"auto", "exact", "faiss"}
+        Teacher rank search (:mod:`hardbatch.similarity.approximate`): ``"auto"`` is exact
+        while ``N·N·d <= 1e12``, else FAISS IVF (approximate top-``(p + m)`` ranks).
+    recall_rows : int
+        With FAISS: query rows sampled to measure recall@(p+m) against the exact search
+        (``plan.info["search"]``); 0 skips it.
 
     Fit data (keyword arguments of :meth:`fit` / :func:`hardbatch.plan`, not parameters):
 
@@ -110,12 +128,14 @@ class B3(Planner):
         "p": "top teacher ranks skipped as likely false negatives (window start)",
         "m": "width of the teacher rank window [p, p+m)",
         "mutual": "keep only mutual window edges (B3); false keeps the union",
-        "partitioner": "graph partitioner: metis (default) or leiden",
+        "partitioner": "graph partitioner: auto (default; metis up to 200k samples), metis, leiden",
         "hard_negatives": "extra mined negatives per example (0 = none)",
         "label_fraction": "with labels: top fraction of other labels that count as hard",
         "metric": "similarity: cosine (default) or dot",
         "device": "torch device for the matmul (default: cuda if available, else cpu)",
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
+        "backend": "teacher rank search: auto (default), exact or faiss (approximate IVF)",
+        "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
     }
 
     def __init__(
@@ -126,7 +146,7 @@ class B3(Planner):
         p: int = 30,
         m: int = 100,
         mutual: bool = True,
-        partitioner: str = "metis",
+        partitioner: str = "auto",
         hard_negatives: int = 0,
         label_fraction: float = 0.3,
         seed: int | None = 0,
@@ -135,6 +155,8 @@ class B3(Planner):
         device: str | None = None,
         block_rows: int | None = None,
         progress: bool | None = None,
+        backend: str = "auto",
+        recall_rows: int = 256,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last)
         self.cluster_size = cluster_size
@@ -148,6 +170,8 @@ class B3(Planner):
         self.device = device
         self.block_rows = block_rows
         self.progress = progress
+        self.backend = backend
+        self.recall_rows = recall_rows
 
     def method_params(self) -> dict:
         params = super().method_params()
@@ -165,8 +189,12 @@ class B3(Planner):
         check_positive_int(self.p, "p", minimum=0)
         check_positive_int(self.m, "m")
         check_positive_int(self.hard_negatives, "hard_negatives", minimum=0)
-        if self.partitioner not in PARTITIONERS:
-            raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {self.partitioner!r}")
+        check_backend(self.backend)
+        check_positive_int(self.recall_rows, "recall_rows", minimum=0)
+        if self.partitioner not in ("auto", *PARTITIONERS):
+            raise ValueError(
+                f"partitioner must be one of {('auto', *PARTITIONERS)}, got {self.partitioner!r}"
+            )
         if not isinstance(self.mutual, (bool, np.bool_)):
             raise ValueError(f"mutual must be True or False, got {self.mutual!r}")
         return k
@@ -256,17 +284,31 @@ class B3(Planner):
                 raise ValueError(f"{exc}{where}") from None
             depth = 0 if not self.hard_negatives else self.p + HARD_NEGATIVE_DEPTH
             width = min(max(p + m, depth), n_g - 1)
-            blocks = SimilarityBlocks(
-                q,
-                t,
-                metric=self.metric,
-                device=self.device,
-                block_rows=self.block_rows,
-                norms=(q_norms, t_norms),
-            )
-            ranks = top_ranks(q, t, width, progress=self.progress, blocks=blocks)
-            del blocks
-            _free_device_cache()
+            backend = resolve_backend(self.backend, n_g, int(q.shape[1]), self.device)
+            search = {"backend": backend}
+            if backend == "faiss":
+                ranks, _ = neighbours(
+                    q, t, width, backend="faiss", metric=self.metric, seed=seed,
+                    device=self.device, progress=self.progress, norms=(q_norms, t_norms),
+                )  # fmt: skip
+                if self.recall_rows:
+                    search["recall"] = neighbour_recall(
+                        q, t, ranks, n_rows=self.recall_rows, seed=seed, metric=self.metric,
+                        device=self.device, norms=(q_norms, t_norms),
+                    )  # fmt: skip
+                    search["recall_rows"] = int(min(self.recall_rows, n_g))
+            else:
+                blocks = SimilarityBlocks(
+                    q,
+                    t,
+                    metric=self.metric,
+                    device=self.device,
+                    block_rows=self.block_rows,
+                    norms=(q_norms, t_norms),
+                )
+                ranks = top_ranks(q, t, width, progress=self.progress, blocks=blocks)
+                del blocks
+                _free_device_cache()
             seconds["search"] += time.perf_counter() - tick
             tick = time.perf_counter()
             graph = window_graph(ranks, p, m, mutual=bool(self.mutual))
@@ -296,10 +338,14 @@ class B3(Planner):
             seconds["search"] += time.perf_counter() - tick
             tick = time.perf_counter()
             graph = label_window_graph(ranks, codes, check_positive_int(self.m, "m"), seed=seed)
+            search = {"backend": "exact"}
         seconds["graph"] += time.perf_counter() - tick
 
         tick = time.perf_counter()
-        part = partition_graph(graph, math.ceil(n_g / k), method=self.partitioner, seed=seed)
+        partitioner = self.partitioner
+        if partitioner == "auto":
+            partitioner = "metis" if n_g <= AUTO_METIS_NODES else "leiden"
+        part = partition_graph(graph, math.ceil(n_g / k), method=partitioner, seed=seed)
         seconds["partition"] += time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -309,6 +355,7 @@ class B3(Planner):
             "n_edges": int(graph.nnz // 2),
             "isolated": int(np.count_nonzero(np.diff(graph.indptr) == 0)),
             "in_cluster_edges": _in_cluster_edges(graph, local),
+            "search": search,
         }
 
         negatives = None
@@ -388,4 +435,6 @@ def _summarise(parts, stats, clusters: np.ndarray, n: int, k: int) -> dict:
         "n_clusters": int(len(clusters)),
         "short_clusters": int(np.count_nonzero(clusters[:, -1] == PAD)),
         "in_cluster_edge_fraction": inside / n_edges if n_edges else 0.0,
+        # Per group: backend and (FAISS) sampled recall of the teacher ranks.
+        "search": stats[0]["search"] if len(stats) == 1 else [s["search"] for s in stats],
     }

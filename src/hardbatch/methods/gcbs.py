@@ -7,6 +7,7 @@ the current model's embeddings (see the sampler); a plan is one epoch.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -21,6 +22,14 @@ from ..similarity import (
     knn_graph,
     symmetrize,
     threshold_graph,
+)
+from ..similarity.approximate import (
+    QUANTILE_ROW_CAP,
+    check_backend,
+    neighbour_graph,
+    neighbour_recall,
+    neighbours,
+    resolve_backend,
 )
 from ..similarity.exact import show_progress
 from ..structure import bandwidth, rcm_order
@@ -58,6 +67,16 @@ class GCBS(Planner):
         Query rows per matmul block (default: ~256 MiB blocks).
     progress : bool or None
         Progress bars (``None``: only when the work takes seconds).
+    backend : {"auto", "exact", "faiss"}
+        Neighbour search (:mod:`hardbatch.similarity.approximate`): ``"auto"`` is exact while
+        ``N·N·d <= 1e12``, else FAISS IVF. With FAISS the quantile rule becomes approximate:
+        every row keeps its ``min(ceil((1 - quantile)·(N - 1)), 128)`` approximate nearest
+        targets that lie above the (same, sampled) threshold; a row with more pairs above the
+        threshold than that cap keeps only its best (the exact rule has no per-row bound).
+        ``top_k`` is searched as is.
+    recall_rows : int
+        With FAISS: query rows sampled to measure recall@k against the exact search
+        (``plan.info["search"]["recall"]``; costs ``recall_rows·N·d``); 0 skips it.
 
     Attributes
     ----------
@@ -79,6 +98,8 @@ class GCBS(Planner):
         "max_edges": "refuse thresholds that keep more edges than this (memory guard)",
         "device": "torch device for the matmul (default: cuda if available, else cpu)",
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
+        "backend": "neighbour search: auto (default), exact or faiss (approximate IVF)",
+        "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
     }
 
     def __init__(
@@ -95,6 +116,8 @@ class GCBS(Planner):
         device: str | None = None,
         block_rows: int | None = None,
         progress: bool | None = None,
+        backend: str = "auto",
+        recall_rows: int = 256,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last)
         self.quantile = quantile
@@ -105,6 +128,8 @@ class GCBS(Planner):
         self.device = device
         self.block_rows = block_rows
         self.progress = progress
+        self.backend = backend
+        self.recall_rows = recall_rows
 
     def method_params(self) -> dict:
         params = super().method_params()
@@ -114,6 +139,51 @@ class GCBS(Planner):
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
         tick = time.perf_counter()
+        check_backend(self.backend)
+        check_positive_int(self.recall_rows, "recall_rows", minimum=0)
+        backend = resolve_backend(self.backend, n, int(queries.shape[1]), self.device)
+        search = {"backend": backend}
+        if backend == "faiss":
+            graph = self._approximate_graph(queries, targets, n, seed, norms, search)
+        else:
+            graph = self._exact_graph(queries, targets, seed, norms)
+        seconds["similarity"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        # One bar for the sparse stages: at 1e8 edges they take seconds, with no inner loop.
+        show = show_progress(self.progress, n, int(queries.shape[1]))
+        bar = tqdm(total=2, desc="gcbs ordering", unit="stage", disable=not show, leave=False)
+        with bar:
+            bar.set_postfix_str("symmetrize")
+            symmetric = symmetrize(graph)
+            bar.update()
+            bar.set_postfix_str("reverse Cuthill-McKee")
+            self.order_ = rcm_order(symmetric)
+            del symmetric
+            bar.update()
+        seconds["ordering"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        batches = cut_order(self.order_, batch_size, drop_last=bool(self.drop_last))
+        # Statistics over the directed pairs (query i, target j) that passed the rule.
+        stats = bandwidth(graph, self.order_, batch_size)
+        seconds["batching"] = time.perf_counter() - tick
+
+        self.n_edges_ = int(graph.nnz)
+        has_edge = (np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=n) > 0)
+        info = {
+            "threshold": self.threshold_,
+            "n_edges": self.n_edges_,
+            "mean_degree": float(graph.nnz / n),
+            "isolated": int(n - np.count_nonzero(has_edge)),
+            "search": search,
+            **stats,
+            "seconds": seconds,
+        }
+        return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
+
+    def _exact_graph(self, queries, targets, seed, norms):
+        """Blocked exact search: threshold graph (quantile rule) or top-k graph."""
         blocks = SimilarityBlocks(
             queries,
             targets,
@@ -152,36 +222,42 @@ class GCBS(Planner):
         del blocks
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        seconds["similarity"] = time.perf_counter() - tick
+        return graph
 
-        tick = time.perf_counter()
-        # One bar for the sparse stages: at 1e8 edges they take seconds, with no inner loop.
-        show = show_progress(self.progress, n, int(queries.shape[1]))
-        bar = tqdm(total=2, desc="gcbs ordering", unit="stage", disable=not show, leave=False)
-        with bar:
-            bar.set_postfix_str("symmetrize")
-            symmetric = symmetrize(graph)
-            bar.update()
-            bar.set_postfix_str("reverse Cuthill-McKee")
-            self.order_ = rcm_order(symmetric)
-            del symmetric
-            bar.update()
-        seconds["ordering"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        batches = cut_order(self.order_, batch_size, drop_last=bool(self.drop_last))
-        # Statistics over the directed pairs (query i, target j) that passed the rule.
-        stats = bandwidth(graph, self.order_, batch_size)
-        seconds["batching"] = time.perf_counter() - tick
-
-        self.n_edges_ = int(graph.nnz)
-        has_edge = (np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=n) > 0)
-        info = {
-            "threshold": self.threshold_,
-            "n_edges": self.n_edges_,
-            "mean_degree": float(graph.nnz / n),
-            "isolated": int(n - np.count_nonzero(has_edge)),
-            **stats,
-            "seconds": seconds,
-        }
-        return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
+    def _approximate_graph(self, queries, targets, n, seed, norms, search):
+        """FAISS IVF neighbours, then the top-k rule or the capped quantile rule."""
+        if self.top_k is None:
+            check_fraction(self.quantile, "quantile")
+            self.threshold_ = estimate_threshold(
+                queries,
+                targets,
+                self.quantile,
+                n_pairs=self.n_threshold_pairs,
+                seed=seed,
+                metric=self.metric,
+                device=self.device,
+                norms=norms,
+            )
+            k = min(max(1, math.ceil((1.0 - self.quantile) * (n - 1))), QUANTILE_ROW_CAP, n - 1)
+        else:
+            self.threshold_ = None
+            k = check_positive_int(self.top_k, "top_k")
+        ids, sims = neighbours(
+            queries,
+            targets,
+            k,
+            backend="faiss",
+            metric=self.metric,
+            seed=seed,
+            device=self.device,
+            progress=self.progress,
+            norms=norms,
+        )
+        if self.recall_rows:
+            search["recall"] = neighbour_recall(
+                queries, targets, ids, n_rows=self.recall_rows, seed=seed,
+                metric=self.metric, device=self.device, norms=norms,
+            )  # fmt: skip
+            search["recall_rows"] = int(min(self.recall_rows, n))
+        search["k"] = int(k)
+        return neighbour_graph(ids, sims, threshold=self.threshold_, values=False)

@@ -316,6 +316,7 @@ def knn_graph(
     block_rows: int | None = None,
     progress: bool | None = None,
     blocks: SimilarityBlocks | None = None,
+    backend: str = "exact",
 ) -> sp.csr_matrix:
     """Directed graph of the ``k`` most similar targets of every query (itself excluded).
 
@@ -325,12 +326,23 @@ def knn_graph(
     k : int
         Neighbours per row, ``1 <= k < N``.
     metric, values, device, block_rows, progress, blocks : see :func:`threshold_graph`.
+    backend : {"exact", "faiss", "auto"}
+        Neighbour search (:func:`hardbatch.similarity.approximate.neighbours`); ``blocks`` is
+        only used by the exact search.
 
     Returns
     -------
     scipy.sparse.csr_matrix of shape (N, N)
         Exactly ``k`` entries per row, sorted by column index, no diagonal.
     """
+    if backend != "exact":
+        from .approximate import neighbour_graph, neighbours
+
+        ids, sims = neighbours(
+            queries, targets, k, backend=backend, metric=metric, device=device,
+            block_rows=block_rows, progress=progress,
+        )  # fmt: skip
+        return neighbour_graph(ids, sims, values=values)
     blocks = blocks or SimilarityBlocks(
         queries, targets, metric=metric, device=device, block_rows=block_rows
     )

@@ -64,6 +64,7 @@ def top_ranks(
     block_rows: int | None = None,
     progress: bool | None = None,
     blocks: SimilarityBlocks | None = None,
+    backend: str = "exact",
 ) -> np.ndarray:
     """The ``k`` most similar targets of every query, best first, itself excluded.
 
@@ -81,7 +82,9 @@ def top_ranks(
     progress : bool or None
         Progress bar; ``None`` shows it when the work takes seconds.
     blocks : SimilarityBlocks, optional
-        Reuse prepared targets.
+        Reuse prepared targets (exact search only).
+    backend : {"exact", "faiss", "auto"}
+        Neighbour search (:func:`hardbatch.similarity.approximate.neighbours`).
 
     Returns
     -------
@@ -89,6 +92,13 @@ def top_ranks(
         ``ranks[i, r]`` is the target of rank ``r`` for query ``i`` (rank 0 = most similar);
         never ``i`` itself. Ties are broken by ``torch.topk``.
     """
+    if backend != "exact":
+        from .approximate import neighbours
+
+        return neighbours(
+            queries, targets, k, backend=backend, metric=metric, device=device,
+            block_rows=block_rows, progress=progress,
+        )[0]  # fmt: skip
     blocks = blocks or SimilarityBlocks(
         queries, targets, metric=metric, device=device, block_rows=block_rows
     )
