@@ -180,7 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cluster-size", type=int, default=32)
     parser.add_argument("-p", type=int, default=30)
     parser.add_argument("-m", type=int, default=100)
-    parser.add_argument("--partitioner", choices=["metis", "leiden"], default="metis")
+    parser.add_argument("--partitioner", choices=["metis", "leiden", "auto"], default="metis")
+    parser.add_argument(
+        "--backend",
+        choices=["exact", "faiss", "auto"],
+        default="exact",
+        help="teacher rank search (default: exact, the issue's target setting)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "p": args.p,
         "m": args.m,
         "partitioner": args.partitioner,
+        "backend": args.backend,
     }
     print(f"machine: {machine_description(args.threads)}", flush=True)
     print(f"parameters: {params}", flush=True)

@@ -43,13 +43,13 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from .._torch import normalized_rows, resolve_device
 from ..validation import ArrayLike, check_pair, check_positive_int
-from .exact import SimilarityBlocks, _inv_norms, show_progress
+from .exact import _inv_norms, exact_neighbours, show_progress
+from .sparse import neighbour_graph  # noqa: F401  (re-exported: its historical home)
 
 BACKENDS = ("exact", "faiss", "auto")
 
@@ -166,7 +166,7 @@ def neighbours(
     if k >= n:
         raise ValueError(f"k={k} must be smaller than N={n} (a row has N-1 other targets)")
     if resolve_backend(backend, n, d, device) == "exact":
-        return _exact_neighbours(
+        return exact_neighbours(
             queries, targets, k, metric=metric, device=device, block_rows=block_rows,
             progress=progress, norms=norms,
         )  # fmt: skip
@@ -178,21 +178,6 @@ def neighbours(
 
 def _index_dtype(n: int) -> type:
     return np.int32 if n < 2**31 else np.int64
-
-
-def _exact_neighbours(queries, targets, k, *, metric, device, block_rows, progress, norms):
-    blocks = SimilarityBlocks(
-        queries, targets, metric=metric, device=device, block_rows=block_rows, norms=norms
-    )
-    n = blocks.n_samples
-    ids = np.empty((n, k), dtype=_index_dtype(n))
-    sims = np.empty((n, k), dtype=np.float32)
-    for start, sim in blocks.blocks(progress=progress, desc="exact neighbours"):
-        # The diagonal is -inf, so with k < N the own positive is never selected.
-        top_vals, top_ids = torch.topk(sim, k, dim=1, largest=True, sorted=True)
-        ids[start : start + sim.shape[0]] = top_ids.cpu().numpy()
-        sims[start : start + sim.shape[0]] = top_vals.cpu().numpy()
-    return ids, sims
 
 
 def _stream(a: ArrayLike, inv: np.ndarray | None, dev: torch.device, n: int):
@@ -388,63 +373,6 @@ def neighbour_recall(
     pairs = zip(found, exact, strict=True)
     hits = sum(np.intersect1d(a, b, assume_unique=True).size for a, b in pairs)
     return float(hits / (rows.size * k))
-
-
-def neighbour_graph(
-    ids: np.ndarray,
-    sims: np.ndarray | None = None,
-    *,
-    threshold: float | None = None,
-    values: bool = True,
-) -> sp.csr_matrix:
-    """Directed CSR graph ``i → ids[i, r]`` of neighbour lists (int32 indices).
-
-    Parameters
-    ----------
-    ids : np.ndarray of shape (N, k)
-        Neighbour ids, best first (from :func:`neighbours`).
-    sims : np.ndarray of shape (N, k), optional
-        Their similarities; needed for ``threshold`` and ``values``.
-    threshold : float, optional
-        Keep only ``sims > threshold`` (a prefix of every row, since rows are sorted).
-    values : bool
-        Store the similarities as float32 data; ``False`` stores a boolean pattern.
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix of shape (N, N)
-        Sorted indices, no diagonal (the lists never hold the row itself).
-    """
-    ids = np.asarray(ids)
-    n, k = ids.shape
-    if (threshold is not None or values) and sims is None:
-        raise ValueError("sims are needed for a threshold or for values")
-    counts = np.empty(n, dtype=np.int64)
-    cols_parts, data_parts = [], []
-    # Row blocks bound the int64 temporaries to O(block·k) (N·k at 1M·128 would be GBs).
-    for start in range(0, n, _STREAM_ROWS * 4):
-        sl = slice(start, min(start + _STREAM_ROWS * 4, n))
-        block = ids[sl].astype(np.int64)
-        keep = np.ones(block.shape, np.bool_) if threshold is None else sims[sl] > threshold
-        counts[sl] = keep.sum(axis=1)
-        # Sort every row by column id; dropped entries (set to n) sort last and are cut off.
-        block = np.where(keep, block, n)
-        order = np.argsort(block, axis=1, kind="stable")
-        block = np.take_along_axis(block, order, axis=1)
-        kept = block < n
-        cols_parts.append(block[kept].astype(np.int32 if n < 2**31 else np.int64))
-        if values:
-            vals = np.take_along_axis(np.asarray(sims[sl], np.float32), order, axis=1)
-            data_parts.append(vals[kept])
-    nnz = int(counts.sum())
-    index_dtype = _index_dtype(max(n, nnz))
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.concatenate(cols_parts).astype(index_dtype, copy=False)
-    data = np.concatenate(data_parts) if values else np.ones(nnz, dtype=np.bool_)
-    graph = sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(n, n))
-    graph.has_sorted_indices = True
-    return graph
 
 
 def exact_rows_top_k(

@@ -32,6 +32,7 @@ from ..validation import (
     check_pair,
     check_positive_int,
 )
+from .sparse import neighbour_graph
 
 #: Bytes of similarity block kept at once (float32), sets the default ``block_rows``.
 BLOCK_BYTES = 256 * 2**20
@@ -305,6 +306,61 @@ def threshold_graph(
     return _csr(n, counts, cols, vals if values else None)
 
 
+def exact_neighbours(
+    queries: ArrayLike,
+    targets: ArrayLike,
+    k: int,
+    *,
+    metric: str = "cosine",
+    device: str | torch.device | None = None,
+    block_rows: int | None = None,
+    progress: bool | None = None,
+    norms: tuple[np.ndarray, np.ndarray] | None = None,
+    blocks: SimilarityBlocks | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` most similar targets of every query, best first, its own positive excluded.
+
+    The one exact top-k of the package (GCBS's ``top_k`` rule, B3's rank windows): blocked
+    ``X·Yᵀ`` with the diagonal masked, then ``torch.topk`` per block, so memory is one
+    similarity block plus the ``(N, k)`` result.
+
+    Parameters
+    ----------
+    queries, targets : array-like of shape (N, d)
+    k : int
+        Neighbours per row, ``1 <= k < N``.
+    metric, device, block_rows, progress : see :func:`threshold_graph`.
+    norms : tuple of arrays, optional
+        Precomputed row norms.
+    blocks : SimilarityBlocks, optional
+        Reuse prepared targets.
+
+    Returns
+    -------
+    ids : np.ndarray of shape (N, k), int32 (int64 beyond 2³¹ rows)
+        ``ids[i, r]`` is the target of rank ``r`` for query ``i``; never ``i``. Ties are
+        broken by ``torch.topk``.
+    sims : np.ndarray of shape (N, k), float32
+        Their similarities, non-increasing along a row.
+    """
+    blocks = blocks or SimilarityBlocks(
+        queries, targets, metric=metric, device=device, block_rows=block_rows, norms=norms
+    )
+    n = blocks.n_samples
+    k = check_positive_int(k, "k")
+    if k >= n:
+        raise ValueError(f"k={k} must be smaller than N={n} (a row has N-1 other targets)")
+    ids = np.empty((n, k), dtype=np.int32 if n < 2**31 else np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    for start, sim in blocks.blocks(progress=progress, desc="exact neighbours"):
+        # sorted=True: column r is rank r. The diagonal is -inf, so with k < N the query's own
+        # positive is never selected.
+        top_vals, top_ids = torch.topk(sim, k, dim=1, largest=True, sorted=True)
+        ids[start : start + sim.shape[0]] = top_ids.cpu().numpy()
+        sims[start : start + sim.shape[0]] = top_vals.cpu().numpy()
+    return ids, sims
+
+
 def knn_graph(
     queries: ArrayLike,
     targets: ArrayLike,
@@ -335,28 +391,16 @@ def knn_graph(
     scipy.sparse.csr_matrix of shape (N, N)
         Exactly ``k`` entries per row, sorted by column index, no diagonal.
     """
-    if backend != "exact":
-        from .approximate import neighbour_graph, neighbours
+    if backend == "exact":
+        ids, sims = exact_neighbours(
+            queries, targets, k, metric=metric, device=device, block_rows=block_rows,
+            progress=progress, blocks=blocks,
+        )  # fmt: skip
+    else:
+        from .approximate import neighbours
 
         ids, sims = neighbours(
             queries, targets, k, backend=backend, metric=metric, device=device,
             block_rows=block_rows, progress=progress,
         )  # fmt: skip
-        return neighbour_graph(ids, sims, values=values)
-    blocks = blocks or SimilarityBlocks(
-        queries, targets, metric=metric, device=device, block_rows=block_rows
-    )
-    n = blocks.n_samples
-    k = check_positive_int(k, "k")
-    if k >= n:
-        raise ValueError(f"k={k} must be smaller than N={n} (a row has N-1 other targets)")
-    counts, cols, vals = [], [], []
-    for _, sim in blocks.blocks(progress=progress, desc="knn graph"):
-        top_vals, top_cols = torch.topk(sim, k, dim=1)
-        # CSR wants sorted column indices within a row.
-        top_cols, order = torch.sort(top_cols, dim=1)
-        counts.append(np.full(sim.shape[0], k, dtype=np.int64))
-        cols.append(top_cols.to(torch.int32).cpu().numpy().ravel())
-        if values:
-            vals.append(torch.gather(top_vals, 1, order).cpu().numpy().ravel())
-    return _csr(n, counts, cols, vals if values else None)
+    return neighbour_graph(ids, sims, values=values)

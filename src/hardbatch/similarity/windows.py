@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 
 from .._torch import normalized_rows, resolve_device
 from ..validation import ArrayLike, check_embeddings, check_positive_int
-from .exact import _PROGRESS_WORK, SimilarityBlocks, _inv_norms, default_block_rows
+from .exact import (
+    _PROGRESS_WORK,
+    SimilarityBlocks,
+    _inv_norms,
+    default_block_rows,
+    exact_neighbours,
+)
 from .sparse import symmetrize
 
 
@@ -99,20 +105,10 @@ def top_ranks(
             queries, targets, k, backend=backend, metric=metric, device=device,
             block_rows=block_rows, progress=progress,
         )[0]  # fmt: skip
-    blocks = blocks or SimilarityBlocks(
-        queries, targets, metric=metric, device=device, block_rows=block_rows
-    )
-    n = blocks.n_samples
-    k = check_positive_int(k, "k")
-    if k >= n:
-        raise ValueError(f"k={k} must be smaller than N={n} (a row has N-1 other targets)")
-    ranks = np.empty((n, k), dtype=_index_dtype(n))
-    for start, sim in blocks.blocks(progress=progress, desc="top ranks"):
-        # sorted=True: column r of the result is rank r. The diagonal is -inf, so with k < N
-        # the query's own positive is never selected.
-        _, top = torch.topk(sim, k, dim=1, largest=True, sorted=True)
-        ranks[start : start + sim.shape[0]] = top.cpu().numpy()
-    return ranks
+    return exact_neighbours(
+        queries, targets, k, metric=metric, device=device, block_rows=block_rows,
+        progress=progress, blocks=blocks,
+    )[0]  # fmt: skip
 
 
 def window_graph(ranks: np.ndarray, p: int, m: int, *, mutual: bool = True) -> sp.csr_matrix:
