@@ -173,11 +173,6 @@ class B3(Planner):
         self.backend = backend
         self.recall_rows = recall_rows
 
-    def method_params(self) -> dict:
-        params = super().method_params()
-        params.pop("progress")  # display only; never changes the plan
-        return params
-
     # ------------------------------------------------------------------ checks
     def _check_params(self, batch_size: int) -> int:
         k = check_cluster_size(self.cluster_size)

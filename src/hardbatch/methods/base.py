@@ -19,6 +19,9 @@ P = TypeVar("P", bound="type[Planner]")
 #: Constructor parameters every method has; the rest are method parameters.
 COMMON_PARAMS = ("batch_size", "seed", "drop_last")
 
+#: Parameters that change only what is displayed, never the plan: not recorded in plan.params.
+DISPLAY_PARAMS = ("progress",)
+
 
 class Planner:
     """Base class of batching methods (scikit-learn style).
@@ -69,8 +72,10 @@ class Planner:
         return {name: getattr(self, name) for name in self.param_names()}
 
     def method_params(self) -> dict[str, Any]:
-        """The method-specific parameters (everything but batch_size, seed, drop_last)."""
-        return {k: v for k, v in self.get_params().items() if k not in COMMON_PARAMS}
+        """The parameters that shape the plan besides batch_size, seed and drop_last (recorded
+        in ``plan.params``; display-only ones such as ``progress`` are left out)."""
+        skip = (*COMMON_PARAMS, *DISPLAY_PARAMS)
+        return {k: v for k, v in self.get_params().items() if k not in skip}
 
     # ---------------------------------------------------------------- fitting
     def fit(

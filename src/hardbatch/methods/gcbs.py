@@ -131,11 +131,6 @@ class GCBS(Planner):
         self.backend = backend
         self.recall_rows = recall_rows
 
-    def method_params(self) -> dict:
-        params = super().method_params()
-        params.pop("progress")  # display only; never changes the plan
-        return params
-
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
         tick = time.perf_counter()
@@ -182,6 +177,20 @@ class GCBS(Planner):
         }
         return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
 
+    def _threshold(self, queries, targets, seed, norms) -> float:
+        """The quantile rule's similarity threshold, from the seeded pair sample."""
+        check_fraction(self.quantile, "quantile")
+        return estimate_threshold(
+            queries,
+            targets,
+            self.quantile,
+            n_pairs=self.n_threshold_pairs,
+            seed=seed,
+            metric=self.metric,
+            device=self.device,
+            norms=norms,
+        )
+
     def _exact_graph(self, queries, targets, seed, norms):
         """Blocked exact search: threshold graph (quantile rule) or top-k graph."""
         blocks = SimilarityBlocks(
@@ -193,17 +202,7 @@ class GCBS(Planner):
             norms=norms,
         )
         if self.top_k is None:
-            check_fraction(self.quantile, "quantile")
-            self.threshold_ = estimate_threshold(
-                queries,
-                targets,
-                self.quantile,
-                n_pairs=self.n_threshold_pairs,
-                seed=seed,
-                metric=self.metric,
-                device=blocks.device,
-                norms=norms,
-            )
+            self.threshold_ = self._threshold(queries, targets, seed, norms)
             graph = threshold_graph(
                 queries,
                 targets,
@@ -227,17 +226,7 @@ class GCBS(Planner):
     def _approximate_graph(self, queries, targets, n, seed, norms, search):
         """FAISS IVF neighbours, then the top-k rule or the capped quantile rule."""
         if self.top_k is None:
-            check_fraction(self.quantile, "quantile")
-            self.threshold_ = estimate_threshold(
-                queries,
-                targets,
-                self.quantile,
-                n_pairs=self.n_threshold_pairs,
-                seed=seed,
-                metric=self.metric,
-                device=self.device,
-                norms=norms,
-            )
+            self.threshold_ = self._threshold(queries, targets, seed, norms)
             k = min(max(1, math.ceil((1.0 - self.quantile) * (n - 1))), QUANTILE_ROW_CAP, n - 1)
         else:
             self.threshold_ = None
