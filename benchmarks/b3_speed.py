@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _measure import gib, machine_description, peak_rss_bytes, rss_bytes, run_json_worker
 
 DIM = 384
 SAMPLES_PER_TOPIC = 50
@@ -69,15 +67,6 @@ def teacher_like(n: int, dim: int = DIM, seed: int = 0) -> tuple[np.ndarray, np.
     return queries, targets
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def worker(n: int, threads: int, params: dict) -> dict:
     """Plan once in this process and return the measurements."""
     import torch
@@ -86,7 +75,7 @@ def worker(n: int, threads: int, params: dict) -> dict:
 
     torch.set_num_threads(threads)
     queries, targets = teacher_like(n)
-    rss_inputs = _rss_bytes()
+    rss_inputs = rss_bytes()
     start = time.perf_counter()
     plan = hardbatch.plan("b3", queries, targets, seed=0, progress=False, **params)
     seconds = time.perf_counter() - start
@@ -104,8 +93,8 @@ def worker(n: int, threads: int, params: dict) -> dict:
         "part_size_min": info["part_size_min"],
         "part_size_max": info["part_size_max"],
         "in_cluster_edge_fraction": info["in_cluster_edge_fraction"],
-        "peak_rss_bytes": _peak_rss_bytes(),
-        "peak_beyond_inputs_bytes": max(0, _peak_rss_bytes() - rss_inputs),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_beyond_inputs_bytes": max(0, peak_rss_bytes() - rss_inputs),
         "input_bytes": 2 * n * DIM * 4,
     }
 
@@ -122,31 +111,7 @@ def run_worker(n: int, threads: int, params: dict) -> dict:
         "--params",
         json.dumps(params),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine_description(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({threads} thread{'s' if threads > 1 else ''}), Python {platform.python_version()}"
-    )
-
-
-def _gib(b: float) -> str:
-    return f"{b / 2**30:.2f}"
+    return run_json_worker(cmd, threads)
 
 
 def table(results: list[dict]) -> str:
@@ -160,8 +125,8 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {r['n']:,} | "
             + " | ".join(f"{st.get(s, 0.0):.1f}" for s in STAGES)
-            + f" | {r['seconds']:.1f} | {_gib(r['peak_rss_bytes'])} | "
-            f"{_gib(r['peak_beyond_inputs_bytes'])} | {r['mean_degree']:.1f} | "
+            + f" | {r['seconds']:.1f} | {gib(r['peak_rss_bytes'])} | "
+            f"{gib(r['peak_beyond_inputs_bytes'])} | {r['mean_degree']:.1f} | "
             f"{r['edge_cut_fraction']:.2f} | {r['in_cluster_edge_fraction']:.2f} |"
         )
     return "\n".join(rows)

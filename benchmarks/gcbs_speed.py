@@ -30,25 +30,15 @@ import argparse
 import json
 import math
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _measure import gib, machine_description, peak_rss_bytes, rss_bytes, run_json_worker
+
 DIM = 768
 KEEP_PER_ROW = 512
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # --------------------------------------------------------------------------- contenders
@@ -129,7 +119,7 @@ def worker(which: str, n: int, threads: int) -> dict:
     torch.manual_seed(0)
     x, y = torch.rand(n, DIM), torch.rand(n, DIM)
     quantile = 1 - KEEP_PER_ROW / n
-    rss_inputs = _rss_bytes()
+    rss_inputs = rss_bytes()
     start = time.perf_counter()
     extra = {}
     if which == "paper":
@@ -152,7 +142,7 @@ def worker(which: str, n: int, threads: int) -> dict:
         "n": n,
         "threads": threads,
         "seconds": seconds,
-        "peak_beyond_inputs_bytes": max(0, _peak_rss_bytes() - rss_inputs),
+        "peak_beyond_inputs_bytes": max(0, peak_rss_bytes() - rss_inputs),
         "input_bytes": 2 * n * DIM * 4,
         **extra,
     }
@@ -160,31 +150,7 @@ def worker(which: str, n: int, threads: int) -> dict:
 
 def run_worker(which: str, n: int, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", which, "--n", str(n), "--threads", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _gib(b: float) -> str:
-    return f"{b / 2**30:.2f}"
-
-
-def machine_description(threads: int) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({threads} thread{'s' if threads > 1 else ''}), Python {platform.python_version()}"
-    )
+    return run_json_worker(cmd, threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             f"| {n:,} | {fmt(a, '.1f')} | {b:.1f} | {c:.1f} | "
             f"{fmt(a_c, '.1f')} | {c / b:.2f} | {fmt(a_b, '.1f')} | "
-            f"{_gib(ours['peak_beyond_inputs_bytes'])} | {_gib(ours['input_bytes'])} |"
+            f"{gib(ours['peak_beyond_inputs_bytes'])} | {gib(ours['input_bytes'])} |"
         )
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in ours["stage_seconds"].items())
         print(f"N={n:,}: (c) stages: {stages}; edges {ours['n_edges']:,}", flush=True)
