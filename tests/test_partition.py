@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +14,8 @@ import scipy.sparse as sp
 
 from hardbatch.similarity import rank_window_graph
 from hardbatch.structure import edge_cut, partition_graph
-from hardbatch.structure.partition import _cap_sizes
+from hardbatch.structure.partition import _canonical, _cap_sizes, _metis
+from hardbatch.synthetic import make_planted_pairs
 
 
 def cliques(n_cliques: int, size: int, *, isolated: int = 0, seed: int = 0) -> sp.csr_matrix:
@@ -124,3 +129,46 @@ def test_bad_graphs_raise():
         partition_graph(sp.csr_matrix((4, 5), dtype=bool), 2)
     with pytest.raises(ValueError, match="scipy sparse"):
         partition_graph(np.ones((4, 4)), 2)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(os, "fork"),
+    reason="needs glibc's rand() and fork",
+)
+def test_metis_is_reproducible_beside_a_thread_drawing_from_rand():
+    # METIS draws from the C library's process-wide rand(): a thread calling rand() meanwhile
+    # (as Ray's worker threads do) changed 16 of 20 partitions of this graph in-process;
+    # isolated in a forked child process, none.
+    planted = make_planted_pairs(3200, 32, group_size=16, seed=4)
+    graph = rank_window_graph(planted.queries, planted.targets, 0, 15)
+    reference = _metis(_canonical(graph), 200, 0, isolate=False)
+    libc = ctypes.CDLL("libc.so.6")
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            libc.rand()
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        for _ in range(6):
+            labels = partition_graph(graph, 200, seed=0).labels
+            np.testing.assert_array_equal(labels, reference)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_metis_error_in_the_child_process_is_reported(window_graph_small, monkeypatch):
+    from hardbatch.structure import partition
+
+    def failing(pattern, n_parts, seed):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(partition, "_metis_labels", failing)
+    if hasattr(os, "fork"):
+        with pytest.raises(RuntimeError, match="METIS failed: ValueError: boom"):
+            partition._metis(window_graph_small, 25, 0, isolate=True)
+    with pytest.raises(ValueError, match="boom"):
+        partition._metis(window_graph_small, 25, 0, isolate=False)

@@ -21,6 +21,13 @@ Two partitioners:
   edges and needs no balance, useful where METIS is slow; the resulting number of parts is
   whatever the communities give.
 
+Reproducibility: METIS (as built in ``pymetis``) draws its random numbers from the C
+library's process-wide ``rand()``, so another thread calling ``rand()`` while METIS runs
+changes the partition, whatever the seed (seen in Ray workers, whose service threads do).
+When the process has other threads, METIS therefore runs in a forked single-threaded child
+process (POSIX; the graph is shared copy-on-write, only the labels come back), where nothing
+else draws from ``rand()``. On platforms without ``fork`` it runs in-process.
+
 Isolated nodes (no edge) are placed by both: METIS spreads them over parts to balance sizes;
 Leiden makes each a part of its own (the cluster stage then pools them).
 """
@@ -28,7 +35,11 @@ Leiden makes each a part of its own (the cluster stage then pools them).
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import random
+import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,12 +182,22 @@ def partition_graph(
     )
 
 
-def _metis(pattern: sp.csr_matrix, n_parts: int, seed: int) -> np.ndarray:
-    import pymetis
-
+def _metis(pattern: sp.csr_matrix, n_parts: int, seed: int, isolate: bool | None = None):
+    """METIS labels of ``pattern``; ``isolate`` (default: when other threads exist) runs METIS
+    in a forked child process so that no other thread can draw from its ``rand()``."""
     n = pattern.shape[0]
     if n_parts == 1:
         return np.zeros(n, dtype=np.int64)
+    if isolate is None:
+        isolate = _has_other_threads()
+    if isolate and hasattr(os, "fork"):
+        return _in_forked_child(_metis_labels, pattern, n_parts, seed)
+    return _metis_labels(pattern, n_parts, seed)
+
+
+def _metis_labels(pattern: sp.csr_matrix, n_parts: int, seed: int) -> np.ndarray:
+    import pymetis
+
     # METIS's own index type (int64 here): then pymetis passes the arrays without copying.
     idx = pymetis.zero_copy_dtype()
     adjacency = pymetis.CSRAdjacency(
@@ -185,6 +206,50 @@ def _metis(pattern: sp.csr_matrix, n_parts: int, seed: int) -> np.ndarray:
     options = pymetis.Options(seed=seed % 2**31)
     _, parts = pymetis.part_graph(n_parts, adjacency=adjacency, options=options)
     return np.asarray(parts, dtype=np.int64)
+
+
+def _has_other_threads() -> bool:
+    """Whether this process runs other OS threads (native ones included, where knowable)."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:  # no procfs (macOS): assume so, forking is cheap
+        return True
+
+
+def _in_forked_child(fn, *args):
+    """``fn(*args)`` computed in a forked child process, its result pickled back."""
+    import pymetis  # noqa: F401  (imported before the fork: the child only computes)
+
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns that forking a multi-threaded process may deadlock the child;
+        # the child here only runs METIS on memory it already has and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: compute, write, leave without running any cleanup
+        code = 1
+        try:
+            os.close(read_fd)
+            try:
+                payload = b"\0" + pickle.dumps(fn(*args), protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:  # noqa: BLE001  (reported to the parent)
+                payload = b"\1" + pickle.dumps(f"{type(exc).__name__}: {exc}")
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(payload)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"METIS's child process ended without a result (wait status {status})")
+    if data[:1] == b"\1":
+        raise RuntimeError(f"METIS failed: {pickle.loads(data[1:])}")
+    return pickle.loads(data[1:])
 
 
 def _leiden(pattern: sp.csr_matrix, seed: int, resolution: float | None, cap: int) -> np.ndarray:
