@@ -59,6 +59,7 @@ PROFILES = {
             "methods": ["random", "gcbs_rec", "b3_hn"],
         },
         "sweep_seeds": [0],
+        "ablation_seeds": [0],
     },
     # The full profile is sized for one run of about 1.5-2 h on a quiet 2-core CPU (the
     # machine of README's figures): 5 seeds of the frozen student on the whole corpora, but
@@ -78,9 +79,11 @@ PROFILES = {
             "methods": ["random", "gcbs_rec", "b3"],
         },
         "sweep_seeds": [0, 1],
+        "ablation_seeds": [0, 1, 2],
     },
 }
 TASKS = ("code", "wordnet", "digits", "finetune")
+PARTS = ("main", "sweep", "ablation")
 DIGITS_METHODS = ("random", "hn1", "tas", "gcbs", "gcbs_rec", "b3", "b3_hn")
 
 
@@ -127,13 +130,15 @@ def text_task(name: str, limit: dict) -> dict | None:
 
 
 # --------------------------------------------------------------------------- runs
-def frozen_runs(task: dict, methods, seeds, epochs, gap_seeds, knobs=None, batch_size=64):
+def frozen_runs(
+    task: dict, methods, seeds, epochs, gap_seeds, knobs=None, batch_size=64, student_kwargs=None
+):
     n = len(task["features"]["train"][0])
     out = []
     for method in methods:
         for k, seed in enumerate(seeds):
             tick = time.perf_counter()
-            student = FrozenHeadStudent(task["features"], seed=seed)
+            student = FrozenHeadStudent(task["features"], seed=seed, **(student_kwargs or {}))
             r = run(
                 student=student,
                 method=method,
@@ -253,6 +258,29 @@ def sweep_runs(task: dict, seeds, epochs):
     return out
 
 
+ABLATION_METHODS = ("random", "tas", "gcbs", "b3", "b3_hn")
+
+
+def ablation_runs(task: dict, seeds, epochs, methods=ABLATION_METHODS):
+    """Why do hard batches not beat random? The false-negative ablation.
+
+    Every method twice, the same seeds: as in the main table, and with the student's
+    false-negative filter (a negative the teacher scores above 0.95 of the positive's score
+    is dropped from the loss). If the hard methods lose because their batches are full of
+    false negatives, the filter helps them more than it helps random. Every run also counts
+    the share of such suspect pairs among its in-batch negatives.
+    """
+    out = []
+    for fn_filter in (False, True):
+        runs = frozen_runs(
+            task, list(methods), seeds, epochs, 0, student_kwargs={"fn_filter": fn_filter}
+        )
+        for r in runs:
+            r["ablation"] = "filtered" if fn_filter else "plain"
+        out += runs
+    return out
+
+
 # --------------------------------------------------------------------------- estimate
 def estimate_full(results: dict, profile: str) -> dict:
     """Extrapolate the full run's time from this run's measured costs.
@@ -333,7 +361,21 @@ def save_partial(results: dict, out_dir: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny profile: minutes on 2 cores")
-    ap.add_argument("--sweep", action="store_true", help="also run the sensitivity sweep")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=["main"],
+        help="main: the method tables; sweep: sensitivity sweep (code); ablation: the\n"
+        "false-negative ablation (code, wordnet). Default: main",
+    )
+    ap.add_argument("--sweep", action="store_true", help="same as adding 'sweep' to --parts")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="add this run's parts to the output folder's existing results.json\n"
+        "(e.g. --parts ablation --merge after a main run) instead of starting anew",
+    )
     ap.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     ap.add_argument(
         "--methods",
@@ -354,6 +396,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     explicit_methods = args.methods is not None
     args.methods = args.methods or list(METHODS)
+    parts = set(args.parts) | ({"sweep"} if args.sweep else set())
     if args.render is not None:
         results = json.loads((args.render / "results.json").read_text())
         md = render(results, args.render)
@@ -372,7 +415,16 @@ def main(argv=None) -> int:
             "full run: expect ~1.5-2 h on a quiet 2-core CPU (run --quick first: it prints an "
             "estimate measured on this machine); --tasks / --methods cut it down"
         )
-    results: dict = {
+    previous = out_dir / "results.json"
+    if args.merge and previous.exists():
+        results = json.loads(previous.read_text())
+        results["config"] = cfg
+        if results["profile"] != profile:
+            raise SystemExit(f"--merge: {previous} is of profile {results['profile']!r}")
+        results.setdefault("wall_s_parts", {"main": results.get("wall_s", 0.0)})
+    else:
+        results = {}
+    results = results or {
         "profile": profile,
         "config": cfg,
         "methods": args.methods,
@@ -388,7 +440,10 @@ def main(argv=None) -> int:
     }
     text = {}
     for name in ("code", "wordnet"):
-        needed = name in args.tasks or (name == "code" and "finetune" in args.tasks)
+        needed = name in args.tasks and (
+            "main" in parts or "ablation" in parts or (name == "code" and "sweep" in parts)
+        )
+        needed = needed or (name == "code" and "finetune" in args.tasks and "main" in parts)
         if needed:
             log(f"data: {name}")
             t = text_task(name, cfg["limit"])
@@ -406,20 +461,20 @@ def main(argv=None) -> int:
                     )
                 }
     for name in ("code", "wordnet"):
-        if name in args.tasks and name in text:
+        if "main" in parts and name in args.tasks and name in text:
             log(f"train: {name} (frozen MiniLM + heads)")
             results["runs"][name] = frozen_runs(
                 text[name], args.methods, cfg["seeds"], cfg["epochs"], cfg["gap_seeds"]
             )
             save_partial(results, out_dir)
-    if "digits" in args.tasks:
+    if "main" in parts and "digits" in args.tasks:
         log("train: digits (SimCLR CNN)")
         methods = [m for m in args.methods if m in DIGITS_METHODS]
         runs, counts = digits_runs(methods, cfg["seeds"], cfg["digits_epochs"], cfg["gap_seeds"])
         results["runs"]["digits"] = runs
         results["data"]["digits"] = {"counts_used": counts}
         save_partial(results, out_dir)
-    if "finetune" in args.tasks and "code" in text:
+    if "main" in parts and "finetune" in args.tasks and "code" in text:
         log("train: finetune (MiniLM, MultipleNegativesRankingLoss)")
         ft_cfg = dict(cfg["finetune"])
         if explicit_methods:
@@ -428,17 +483,32 @@ def main(argv=None) -> int:
         results["runs"]["finetune"] = runs
         results["data"]["finetune"] = {"counts_used": counts}
         save_partial(results, out_dir)
-    if args.sweep and "code" in text:
+    if "sweep" in parts and "code" in text:
         log("sweep: code, frozen student")
         results["runs"]["sweep"] = sweep_runs(text["code"], cfg["sweep_seeds"], cfg["epochs"])
-    results["wall_s"] = time.perf_counter() - started
-    results["estimate_full_s"] = estimate_full(results, profile)
+        save_partial(results, out_dir)
+    if "ablation" in parts:
+        for name in ("code", "wordnet"):
+            if name in text:
+                log(f"ablation: {name}, frozen student, with and without the false-negative filter")
+                results["runs"][f"ablation_{name}"] = ablation_runs(
+                    text[name], cfg["ablation_seeds"], cfg["epochs"]
+                )
+                save_partial(results, out_dir)
+    wall = time.perf_counter() - started
+    if "wall_s_parts" in results:
+        results["wall_s_parts"]["+".join(sorted(parts))] = wall
+        results["wall_s"] = sum(results["wall_s_parts"].values())
+    else:
+        results["wall_s"] = wall
+    if "main" in parts:
+        results["estimate_full_s"] = estimate_full(results, profile)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (out_dir / "results.partial.json").unlink(missing_ok=True)
     md = render(results, out_dir)
     (out_dir / "tables.md").write_text(md)
     print(md)
-    log(f"done in {results['wall_s']:.0f} s; wrote {out_dir}")
+    log(f"done in {wall:.0f} s; wrote {out_dir}")
     return 0
 
 
@@ -482,7 +552,7 @@ def render(results: dict, out_dir: Path) -> str:
         "finetune": ("Code search, MiniLM fully fine-tuned (MNRL)", "mrr"),
     }
     for task, runs in results["runs"].items():
-        if task == "sweep" or not runs:
+        if task == "sweep" or task.startswith("ablation") or not runs:
             continue
         title, metric = titles[task]
         keys = ("knn_acc",) if metric == "knn_acc" else ("mrr", "recall@1", "recall@10")
@@ -513,6 +583,21 @@ def render(results: dict, out_dir: Path) -> str:
             lines.append(f"\n![loss gap]({'gap_' + task}.png)")
         report.plot_quality_time(runs, metric, out_dir / f"quality_time_{task}.png", title)
         lines.append(f"\n![quality and time](quality_time_{task}.png)")
+    for task in ("code", "wordnet"):
+        runs = results["runs"].get(f"ablation_{task}")
+        if runs:
+            lines += [
+                "",
+                f"### Ablation: false negatives ({task}, frozen student)",
+                "",
+                "Each method twice with the same seeds: plain, and with the student's "
+                "false-negative filter (an in-batch or mined negative that the teacher scores "
+                "above 0.95 × the positive's score is left out of the loss). *suspect* = share "
+                "of in-batch negative pairs that the filter would drop (counted in every run). "
+                "Test MRR ×100, mean ± std over seeds; Δ: paired by seed.",
+                "",
+                report.ablation_table(runs, "mrr"),
+            ]
     sweep = results["runs"].get("sweep")
     if sweep:
         lines += ["", "### Sensitivity sweep (code, frozen student; choose on valid)", ""]

@@ -59,14 +59,13 @@ def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
         "setup s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base_metric = np.mean([r["test"][metric_keys[0]] for r in base]) if base else None
     base_gap = _epoch_mean(base, "gap") if base else None
     for method, rs in by.items():
         row = [LABELS.get(method, method), str(len(rs))]
         row += [_ms([r["test"][k] for r in rs]) for k in metric_keys]
         if base:
-            delta = 100 * (np.mean([r["test"][metric_keys[0]] for r in rs]) - base_metric)
-            row.append(f"{delta:+.1f}")
+            # Paired by seed (same head initialisation): the spread of the difference itself.
+            row.append(_paired(base, rs, metric_keys[0]))
         gap = _epoch_mean(rs, "gap")
         row.append(f"{gap:.3f}" if np.isfinite(gap) else "–")
         if base_gap and np.isfinite(gap):
@@ -77,6 +76,49 @@ def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
         row.append(f"{_epoch_mean(rs, 'extra_forward_s'):.2f}")
         row.append(f"{_epoch_mean(rs, 'planning_s'):.2f}")
         row.append(f"{np.mean([r['setup_s'] for r in rs]):.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _paired(runs_a: list[dict], runs_b: list[dict], metric: str) -> str:
+    """``mean(b - a)`` ± std over the seeds both have, ×100."""
+    a = {r["seed"]: r["test"][metric] for r in runs_a}
+    b = {r["seed"]: r["test"][metric] for r in runs_b}
+    seeds = sorted(set(a) & set(b))
+    d = 100 * np.array([b[s] - a[s] for s in seeds])
+    if len(d) == 0:
+        return "–"
+    return f"{d.mean():+.1f}" if len(d) == 1 else f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}"
+
+
+def ablation_table(runs: list[dict], metric: str) -> str:
+    """Plain vs false-negative-filtered runs of every method (paired by seed)."""
+    arms = {
+        arm: group_runs([r for r in runs if r["ablation"] == arm]) for arm in ("plain", "filtered")
+    }
+    head = [
+        "method",
+        "seeds",
+        "plain",
+        "filtered",
+        "Δ filter",
+        "Δ vs random (plain)",
+        "Δ vs random (filtered)",
+        "suspect pairs",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, plain in arms["plain"].items():
+        filt = arms["filtered"].get(method, [])
+        row = [LABELS.get(method, method), str(len(plain))]
+        row.append(_ms([r["test"][metric] for r in plain]))
+        row.append(_ms([r["test"][metric] for r in filt]) if filt else "–")
+        row.append(_paired(plain, filt, metric))
+        for arm in ("plain", "filtered"):
+            base = arms[arm].get("random")
+            mine = arms[arm].get(method)
+            row.append(_paired(base, mine, metric) if base and mine else "–")
+        frac = [r["suspect_fraction"] for r in plain if "suspect_fraction" in r]
+        row.append(f"{100 * np.mean(frac):.2f}%" if frac else "–")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

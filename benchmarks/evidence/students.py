@@ -33,6 +33,7 @@ def info_nce(
     negatives: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
     temperature: float = TEMPERATURE,
+    batch_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over a batch, with optional extra negative targets.
 
@@ -44,8 +45,13 @@ def info_nce(
         Extra (mined) targets, added to every query's candidates (query → target direction).
     negative_mask : Tensor of shape (b, h), bool, optional
         True where negative j must not count for query i (it is query i's own positive).
+    batch_mask : Tensor of shape (b, b), bool, optional
+        True where in-batch target j must not count as a negative of query i (and query i not
+        as one of target j): the false-negative filter of the ablation. Diagonal False.
     """
     logits = queries @ targets.T / temperature  # (b, b)
+    if batch_mask is not None:
+        logits = logits.masked_fill(batch_mask, -float("inf"))
     labels = torch.arange(len(queries), device=queries.device)
     q2t_logits = logits
     if negatives is not None and len(negatives):
@@ -99,12 +105,32 @@ class FrozenHeadStudent:
     hidden : int
     lr : float
         AdamW learning rate.
+    fn_filter : bool
+        The ablation's false-negative filter: drop an in-batch or mined negative target ``j``
+        of query ``i`` when the teacher scores it above ``fn_threshold`` times the teacher's
+        score of the positive (``s(q_i, t_j) > fn_threshold · s(q_i, t_i)``; NV-Retriever's
+        "TopK-PercPos" rule). The features are the teacher's, so this costs one b×b product.
+    fn_threshold : float
+        Also used, filter or not, to count such pairs (``fn_pairs`` of ``neg_pairs``).
     """
 
     name = "frozen"
     temperature = TEMPERATURE
 
-    def __init__(self, features: dict, *, seed: int, hidden: int = 512, lr: float = 1e-3):
+    def __init__(
+        self,
+        features: dict,
+        *,
+        seed: int,
+        hidden: int = 512,
+        lr: float = 1e-3,
+        fn_filter: bool = False,
+        fn_threshold: float = 0.95,
+    ):
+        self.fn_filter = bool(fn_filter)
+        self.fn_threshold = float(fn_threshold)
+        self.fn_pairs = 0
+        self.neg_pairs = 0
         self.features = {
             s: (torch.as_tensor(q), torch.as_tensor(t)) for s, (q, t) in features.items()
         }
@@ -128,11 +154,21 @@ class FrozenHeadStudent:
         idx = torch.as_tensor(ids)
         q, t = self._q(fq[idx]), self._t(ft[idx])
         neg = mask = None
+        # Teacher-suspected false negatives: a "negative" the teacher scores nearly as high as
+        # (or higher than) the query's own positive.
+        teacher = fq[idx] @ ft[idx].T
+        limit = self.fn_threshold * teacher.diagonal()[:, None]
+        suspect = (teacher > limit).fill_diagonal_(False)
+        self.fn_pairs += int(suspect.sum())
+        self.neg_pairs += len(idx) * (len(idx) - 1)
         if negatives is not None:
             flat = torch.as_tensor(negatives.reshape(-1))
             neg = self._t(ft[flat])
             mask = flat[None, :] == idx[:, None]
-        loss = info_nce(q, t, neg, mask)
+            if self.fn_filter:
+                mask = mask | (fq[idx] @ ft[flat].T > limit)
+        batch_mask = suspect if self.fn_filter else None
+        loss = info_nce(q, t, neg, mask, batch_mask=batch_mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

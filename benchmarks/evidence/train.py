@@ -133,6 +133,10 @@ def run(
         "epochs": history,
         "steps": steps,
     }
+    if getattr(student, "neg_pairs", 0):
+        # Share of in-batch negative pairs the teacher scores near the positive (ablation).
+        result["suspect_fraction"] = student.fn_pairs / student.neg_pairs
+        result["fn_filter"] = bool(student.fn_filter)
     tick = time.perf_counter()
     for split in eval_splits:
         result[split] = student.evaluate(split)
