@@ -518,7 +518,14 @@ def render(results: dict, out_dir: Path) -> str:
     env = results["environment"]
     lines.append(
         f"Python {env['python']}, torch {env['torch']}, {env['threads']} threads; wall time "
-        f"{results['wall_s'] / 60:.1f} min."
+        f"{results['wall_s'] / 60:.1f} min"
+        + (
+            " ("
+            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["wall_s_parts"].items())
+            + ")."
+            if results.get("wall_s_parts")
+            else "."
+        )
     )
     if results.get("estimate_full_s"):
         est = results["estimate_full_s"]
@@ -545,6 +552,16 @@ def render(results: dict, out_dir: Path) -> str:
         extra = f" (of {full['train']}/{full['valid']}/{full['test']})" if full else ""
         counts = f"{c.get('train')} | {c.get('valid', '–')} | {c.get('test')}"
         lines.append(f"| {name} | {counts} | {src}{extra} |")
+    if any(results["runs"].get(t) for t in TASKS):
+        lines += [
+            "",
+            "### Summary",
+            "",
+            "Test metric ×100, mean ± std over seeds (Δ vs random, paired by seed, mean ± std; "
+            "gap = change of L_global − E[L_train] vs random, mean over epoch starts, first seed).",
+            "",
+            report.summary_table(results),
+        ]
     titles = {
         "code": ("Code search (docstring → function), frozen MiniLM + heads", "mrr"),
         "wordnet": ("WordNet (gloss → example), frozen MiniLM + heads", "mrr"),
@@ -564,7 +581,7 @@ def render(results: dict, out_dir: Path) -> str:
             "",
             f"N = {runs[0]['n_train']} training pairs, {steps} steps per run, test metrics ×100 "
             "(mean ± std over seeds), gap = L_global − E[L_train] at epoch starts (training "
-            "temperature; first seed), times per epoch in seconds"
+            "temperature; first seed), times per epoch in seconds (medians over seeds and epochs)"
             + (" (less than one epoch here: seconds per run)." if short else "."),
             "",
             report.results_table(runs, keys),

@@ -43,6 +43,11 @@ def _epoch_mean(runs: list[dict], key: str, *, skip_first: bool = False) -> floa
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _epoch_median(runs: list[dict], key: str) -> float:
+    vals = [e[key] for r in runs for e in r["epochs"] if key in e]
+    return float(np.median(vals)) if vals else float("nan")
+
+
 def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
     """Markdown table: quality (mean ± std over seeds), Δ vs random, loss gap, times."""
     by = group_runs(runs)
@@ -72,10 +77,11 @@ def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
             row.append(f"{gap / base_gap - 1:+.0%}")
         else:
             row.append("–")
-        row.append(f"{_epoch_mean(rs, 'train_s'):.2f}")
-        row.append(f"{_epoch_mean(rs, 'extra_forward_s'):.2f}")
-        row.append(f"{_epoch_mean(rs, 'planning_s'):.2f}")
-        row.append(f"{np.mean([r['setup_s'] for r in rs]):.2f}")
+        # Times: medians over seeds and epochs, robust to another job's load spikes.
+        row.append(f"{_epoch_median(rs, 'train_s'):.2f}")
+        row.append(f"{_epoch_median(rs, 'extra_forward_s'):.2f}")
+        row.append(f"{_epoch_median(rs, 'planning_s'):.2f}")
+        row.append(f"{np.median([r['setup_s'] for r in rs]):.2f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -119,6 +125,43 @@ def ablation_table(runs: list[dict], metric: str) -> str:
             row.append(_paired(base, mine, metric) if base and mine else "–")
         frac = [r["suspect_fraction"] for r in plain if "suspect_fraction" in r]
         row.append(f"{100 * np.mean(frac):.2f}%" if frac else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(results: dict) -> str:
+    """One row per method, one column per task: test metric (Δ vs random, paired; gap change)."""
+    tasks = [
+        (task, metric, label)
+        for task, metric, label in (
+            ("code", "mrr", "code MRR"),
+            ("wordnet", "mrr", "WordNet MRR"),
+            ("digits", "knn_acc", "digits kNN acc"),
+            ("finetune", "mrr", "code MRR, fine-tuned"),
+        )
+        if results["runs"].get(task)
+    ]
+    methods: list[str] = []
+    for task, _, _ in tasks:
+        methods += [m for m in group_runs(results["runs"][task]) if m not in methods]
+    head = ["method", *(label for _, _, label in tasks)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        row = [LABELS.get(method, method)]
+        for task, metric, _ in tasks:
+            by = group_runs(results["runs"][task])
+            rs, base = by.get(method), by.get("random")
+            if not rs:
+                row.append("–")
+                continue
+            cell = _ms([r["test"][metric] for r in rs])
+            if base and method != "random":
+                cell += f" ({_paired(base, rs, metric)}"
+                gap, base_gap = _epoch_mean(rs, "gap"), _epoch_mean(base, "gap")
+                if np.isfinite(gap) and np.isfinite(base_gap) and base_gap:
+                    cell += f"; gap {gap / base_gap - 1:+.0%}"
+                cell += ")"
+            row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
