@@ -199,7 +199,9 @@ def plot_gap(runs: list[dict], path: Path, title: str) -> None:
         x = [e["epoch"] for e in eps]
         (line,) = axes[0].plot(x, [e["train"] for e in eps], marker="o", label=LABELS[method])
         axes[0].plot(x, [e["global"] for e in eps], ls="--", color=line.get_color(), alpha=0.6)
-        gaps = np.array([[e["gap"] for e in r["epochs"] if "gap" in e] for r in rs if r["epochs"]])
+        # The seeds that measured the gap (the first ``gap_seeds``), epoch by epoch.
+        measured = [[e["gap"] for e in r["epochs"] if "gap" in e] for r in rs]
+        gaps = np.array([g for g in measured if len(g) == len(x)])
         axes[1].plot(x, gaps.mean(0), marker="o", label=LABELS[method], color=line.get_color())
     axes[0].set(
         xlabel="epoch (start)", ylabel="loss", title="E[L_train] (solid), L_global (dashed)"
@@ -234,11 +236,11 @@ def plot_quality_time(runs: list[dict], metric: str, path: Path, title: str) -> 
         ("extra_forward_s", "extra forward"),
         ("planning_s", "planning"),
     ):
-        vals = np.array([_epoch_mean(by[m], key) for m in names])
+        vals = np.array([_epoch_median(by[m], key) for m in names])
         axes[1].bar(range(len(names)), vals, bottom=bottom, label=label)
         bottom += vals
     axes[1].set_xticks(range(len(names)), [LABELS[m] for m in names], rotation=35, ha="right")
-    axes[1].set(ylabel="seconds per epoch", title="time per epoch")
+    axes[1].set(ylabel="seconds per epoch", title="time per epoch (median over seeds, epochs)")
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
