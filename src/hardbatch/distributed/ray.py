@@ -51,7 +51,7 @@ from .._torch import normalized_rows, resolve_device
 from ..batching import PAD, cut_order, epoch_rng, group_clusters
 from ..methods import get_method
 from ..plan import BatchPlan
-from ..similarity.approximate import exact_rows_top_k
+from ..similarity.approximate import exact_rows_top_k, seeded_kmeans
 from ..similarity.exact import _inv_norms
 from ..validation import ArrayLike, check_batch_size, check_pair, check_positive_int, check_seed
 
@@ -90,9 +90,7 @@ def coarse_shards(
         Shard ids ``0..S-1`` (consecutive, ``S <= n_shards``), every shard ``<= shard_size``
         samples (when capacity allows) and ``>= min_size``.
     """
-    import faiss
-
-    n, d = int(targets.shape[0]), int(targets.shape[1])
+    n = int(targets.shape[0])
     if norms is None:
         norms = np.linalg.norm(np.asarray(targets, dtype=np.float64), axis=1)
     if n_shards == 1:
@@ -102,17 +100,7 @@ def coarse_shards(
     rng = np.random.default_rng(seed)
     train_rows = np.sort(rng.choice(n, size=min(n, 256 * n_shards), replace=False))
     train = normalized_rows(targets, train_rows, inv, dev).numpy()
-    kmeans = faiss.Kmeans(d, n_shards, niter=20, seed=int(rng.integers(2**31 - 1)))
-    kmeans.cp.min_points_per_centroid = 1
-    # One OpenMP thread: FAISS k-means sums per thread, so its centroids (and the plan) would
-    # otherwise depend on the thread count.
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
-    finally:
-        faiss.omp_set_num_threads(threads)
-    centroids = kmeans.centroids
+    centroids = seeded_kmeans(train, n_shards, niter=20, seed=int(rng.integers(2**31 - 1)))
     # Centroid preference of every sample (best first) and its similarity to the best.
     n_choices = min(n_shards, 8)
     choices = np.empty((n, n_choices), dtype=np.int64)

@@ -176,6 +176,26 @@ def neighbours(
     )  # fmt: skip
 
 
+def seeded_kmeans(train: np.ndarray, n_centroids: int, *, niter: int, seed: int) -> np.ndarray:
+    """FAISS k-means centroids of ``train`` (shape (m, d)), reproducible for a seed.
+
+    Returns an array of shape (n_centroids, d), float32. Trained on one OpenMP thread: FAISS
+    k-means sums per thread, so its centroids (and every plan built on them) would otherwise
+    depend on the thread count.
+    """
+    import faiss
+
+    kmeans = faiss.Kmeans(train.shape[1], n_centroids, niter=niter, seed=seed, verbose=False)
+    kmeans.cp.min_points_per_centroid = 1  # small samples: no warning spam, same result
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return kmeans.centroids.copy()
+
+
 def _index_dtype(n: int) -> type:
     return np.int32 if n < 2**31 else np.int64
 
@@ -215,8 +235,6 @@ def _assign(a, inv, dev, n, mean, basis, centroids_t) -> np.ndarray:
 def _ivf_neighbours(
     queries, targets, k, *, metric, seed, device, progress, norms, n_lists, n_probe, pca_dim
 ):  # fmt: skip
-    import faiss
-
     n, d = int(queries.shape[0]), int(queries.shape[1])
     dev = resolve_device(device)
     n_probe = check_positive_int(n_probe, "n_probe")
@@ -237,18 +255,9 @@ def _ivf_neighbours(
     mean, basis = _pca_basis(targets, t_inv, dev, n, d, pca_dim, rng)
     train_rows = np.sort(rng.choice(n, size=min(n, 32 * n_lists), replace=False))
     train = ((normalized_rows(targets, train_rows, t_inv, dev) - mean) @ basis).cpu().numpy()
-    kmeans = faiss.Kmeans(pca_dim, n_lists, niter=10, seed=seed_int, verbose=False)
-    kmeans.cp.min_points_per_centroid = 1  # small samples: no warning spam, same result
-    # One OpenMP thread: FAISS k-means sums per thread, so its centroids (and the plan) would
-    # otherwise depend on the thread count.
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
-    finally:
-        faiss.omp_set_num_threads(threads)
+    centroids = seeded_kmeans(train, n_lists, niter=10, seed=seed_int)
     del train
-    centroids = torch.from_numpy(kmeans.centroids.copy()).to(dev)
+    centroids = torch.from_numpy(centroids).to(dev)
     centroids_t = (2.0 * centroids.T, (centroids * centroids).sum(1))
     t_list = _assign(targets, t_inv, dev, n, mean, basis, centroids_t)
     q_list = _assign(queries, q_inv, dev, n, mean, basis, centroids_t)
