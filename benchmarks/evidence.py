@@ -418,26 +418,25 @@ def main(argv=None) -> int:
     previous = out_dir / "results.json"
     if args.merge and previous.exists():
         results = json.loads(previous.read_text())
-        results["config"] = cfg
         if results["profile"] != profile:
             raise SystemExit(f"--merge: {previous} is of profile {results['profile']!r}")
+        results["config"] = cfg
         results.setdefault("wall_s_parts", {"main": results.get("wall_s", 0.0)})
     else:
-        results = {}
-    results = results or {
-        "profile": profile,
-        "config": cfg,
-        "methods": args.methods,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-        },
-        "data": {},
-        "runs": {},
-    }
+        results = {
+            "profile": profile,
+            "config": cfg,
+            "methods": args.methods,
+            "environment": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+            },
+            "data": {},
+            "runs": {},
+        }
     text = {}
     for name in ("code", "wordnet"):
         needed = name in args.tasks and (

@@ -143,6 +143,16 @@ class PairCorpus:
             head["meta"],
         )
 
+    @classmethod
+    def cached(cls, name: str, build, *, rebuild: bool = False) -> PairCorpus:
+        """``CACHE/<name>.jsonl`` if present (and not ``rebuild``), else ``build()`` saved there."""
+        path = CACHE / f"{name}.jsonl"
+        if path.exists() and not rebuild:
+            return cls.load(path)
+        corpus = build()
+        corpus.save(path)
+        return corpus
+
 
 def drop_duplicates(queries: list[str], targets: list[str]) -> tuple[np.ndarray, dict[str, int]]:
     """Rows to keep: the first of every repeated (normalised) query and of every target.

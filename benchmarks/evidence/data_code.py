@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CACHE, PairCorpus, drop_duplicates, normalise_text, split_of
+from .common import PairCorpus, drop_duplicates, normalise_text, split_of
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 #: Import name of each pinned distribution (where its source lives).
@@ -252,12 +252,7 @@ def _installed(name: str) -> str | None:
 
 def load(*, rebuild: bool = False) -> PairCorpus:
     """The cached corpus (built on first use) from ``benchmarks/results/cache/code.jsonl``."""
-    path = CACHE / "code.jsonl"
-    if path.exists() and not rebuild:
-        return PairCorpus.load(path)
-    corpus = build()
-    corpus.save(path)
-    return corpus
+    return PairCorpus.cached("code", build, rebuild=rebuild)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CACHE, PairCorpus, drop_duplicates, normalise_text, split_of
+from .common import PairCorpus, drop_duplicates, normalise_text, split_of
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
@@ -102,12 +102,7 @@ def build(directory: Path = WORDNET_DIR) -> PairCorpus:
 
 def load(*, rebuild: bool = False) -> PairCorpus:
     """The cached corpus (built on first use) from ``benchmarks/results/cache/wordnet.jsonl``."""
-    path = CACHE / "wordnet.jsonl"
-    if path.exists() and not rebuild:
-        return PairCorpus.load(path)
-    corpus = build()
-    corpus.save(path)
-    return corpus
+    return PairCorpus.cached("wordnet", build, rebuild=rebuild)
 
 
 if __name__ == "__main__":

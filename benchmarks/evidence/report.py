@@ -35,17 +35,10 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     return dict(out)
 
 
-def _epoch_mean(runs: list[dict], key: str, *, skip_first: bool = False) -> float:
-    vals = []
-    for r in runs:
-        eps = r["epochs"][1:] if skip_first and len(r["epochs"]) > 1 else r["epochs"]
-        vals += [e[key] for e in eps if key in e]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def _epoch_median(runs: list[dict], key: str) -> float:
+def _epoch_stat(runs: list[dict], key: str, reduce=np.mean) -> float:
+    """``reduce`` over every epoch of every run that recorded ``key`` (NaN if none)."""
     vals = [e[key] for r in runs for e in r["epochs"] if key in e]
-    return float(np.median(vals)) if vals else float("nan")
+    return float(reduce(vals)) if vals else float("nan")
 
 
 def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
@@ -64,23 +57,23 @@ def results_table(runs: list[dict], metric_keys: tuple[str, ...]) -> str:
         "setup s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base_gap = _epoch_mean(base, "gap") if base else None
+    base_gap = _epoch_stat(base, "gap") if base else None
     for method, rs in by.items():
         row = [LABELS.get(method, method), str(len(rs))]
         row += [_ms([r["test"][k] for r in rs]) for k in metric_keys]
         if base:
             # Paired by seed (same head initialisation): the spread of the difference itself.
             row.append(_paired(base, rs, metric_keys[0]))
-        gap = _epoch_mean(rs, "gap")
+        gap = _epoch_stat(rs, "gap")
         row.append(f"{gap:.3f}" if np.isfinite(gap) else "–")
         if base_gap and np.isfinite(gap):
             row.append(f"{gap / base_gap - 1:+.0%}")
         else:
             row.append("–")
         # Times: medians over seeds and epochs, robust to another job's load spikes.
-        row.append(f"{_epoch_median(rs, 'train_s'):.2f}")
-        row.append(f"{_epoch_median(rs, 'extra_forward_s'):.2f}")
-        row.append(f"{_epoch_median(rs, 'planning_s'):.2f}")
+        row.append(f"{_epoch_stat(rs, 'train_s', np.median):.2f}")
+        row.append(f"{_epoch_stat(rs, 'extra_forward_s', np.median):.2f}")
+        row.append(f"{_epoch_stat(rs, 'planning_s', np.median):.2f}")
         row.append(f"{np.median([r['setup_s'] for r in rs]):.2f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -157,7 +150,7 @@ def summary_table(results: dict) -> str:
             cell = _ms([r["test"][metric] for r in rs])
             if base and method != "random":
                 cell += f" ({_paired(base, rs, metric)}"
-                gap, base_gap = _epoch_mean(rs, "gap"), _epoch_mean(base, "gap")
+                gap, base_gap = _epoch_stat(rs, "gap"), _epoch_stat(base, "gap")
                 if np.isfinite(gap) and np.isfinite(base_gap) and base_gap:
                     cell += f"; gap {gap / base_gap - 1:+.0%}"
                 cell += ")"
@@ -236,7 +229,7 @@ def plot_quality_time(runs: list[dict], metric: str, path: Path, title: str) -> 
         ("extra_forward_s", "extra forward"),
         ("planning_s", "planning"),
     ):
-        vals = np.array([_epoch_median(by[m], key) for m in names])
+        vals = np.array([_epoch_stat(by[m], key, np.median) for m in names])
         axes[1].bar(range(len(names)), vals, bottom=bottom, label=label)
         bottom += vals
     axes[1].set_xticks(range(len(names)), [LABELS[m] for m in names], rotation=35, ha="right")

@@ -152,21 +152,23 @@ class FrozenHeadStudent:
         """One optimisation step on batch ``ids`` (and extra negative target ids)."""
         fq, ft = self.features["train"]
         idx = torch.as_tensor(ids)
-        q, t = self._q(fq[idx]), self._t(ft[idx])
+        fq_batch, ft_batch = fq[idx], ft[idx]
+        q, t = self._q(fq_batch), self._t(ft_batch)
         neg = mask = None
         # Teacher-suspected false negatives: a "negative" the teacher scores nearly as high as
         # (or higher than) the query's own positive.
-        teacher = fq[idx] @ ft[idx].T
+        teacher = fq_batch @ ft_batch.T
         limit = self.fn_threshold * teacher.diagonal()[:, None]
         suspect = (teacher > limit).fill_diagonal_(False)
         self.fn_pairs += int(suspect.sum())
         self.neg_pairs += len(idx) * (len(idx) - 1)
         if negatives is not None:
             flat = torch.as_tensor(negatives.reshape(-1))
-            neg = self._t(ft[flat])
+            ft_neg = ft[flat]
+            neg = self._t(ft_neg)
             mask = flat[None, :] == idx[:, None]
             if self.fn_filter:
-                mask = mask | (fq[idx] @ ft[flat].T > limit)
+                mask = mask | (fq_batch @ ft_neg.T > limit)
         batch_mask = suspect if self.fn_filter else None
         loss = info_nce(q, t, neg, mask, batch_mask=batch_mask)
         self.optimizer.zero_grad(set_to_none=True)
