@@ -17,7 +17,7 @@ import hardbatch
 from hardbatch import cli
 from hardbatch.batching import cut_order
 from hardbatch.methods import base
-from hardbatch.plan import BatchPlan
+from hardbatch.plans import BatchPlan
 from hardbatch.synthetic import make_planted_pairs
 
 N, DIM, BATCH = 300, 16, 32

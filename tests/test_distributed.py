@@ -108,7 +108,7 @@ def test_bad_input(planted, local_ray):
 
 def test_cli_ray_address(planted, local_ray, tmp_path):
     from hardbatch.cli import main
-    from hardbatch.plan import BatchPlan
+    from hardbatch.plans import BatchPlan
 
     np.save(tmp_path / "q.npy", planted.queries)
     np.save(tmp_path / "t.npy", planted.targets)

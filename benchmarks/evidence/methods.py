@@ -54,7 +54,7 @@ import torch
 import hardbatch
 from hardbatch.batching import PAD, cut_order, epoch_rng
 from hardbatch.methods.base import Planner, register_method
-from hardbatch.plan import BatchPlan
+from hardbatch.plans import BatchPlan
 
 METHODS = ("random", "nodup", "hn1", "tas", "gcbs", "gcbs_rec", "b3", "b3_hn")
 N_REF = 50_000

@@ -13,7 +13,7 @@ from . import metrics
 from .api import plan
 from .batching import PAD
 from .methods import Planner, available_methods, get_method, register_method
-from .plan import BatchPlan
+from .plans import BatchPlan
 from .refresh import EmbeddingRecorder
 from .sampler import HardBatchSampler
 

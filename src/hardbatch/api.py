@@ -6,7 +6,7 @@ from typing import Any
 
 from .methods import get_method
 from .methods.base import COMMON_PARAMS
-from .plan import BatchPlan
+from .plans import BatchPlan
 from .validation import ArrayLike
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from . import __version__
 from .methods import available_methods, get_method
 from .methods.base import COMMON_PARAMS, Planner
-from .plan import BatchPlan
+from .plans import BatchPlan
 
 #: Method parameters that are general options of ``hardbatch plan`` (forwarded to the
 #: methods that take them, ignored by the others) instead of per-method options.

@@ -25,7 +25,7 @@ import torch
 
 from ._torch import normalized_rows, resolve_device
 from .batching import PAD
-from .plan import BatchPlan
+from .plans import BatchPlan
 from .similarity import SimilarityBlocks, estimate_threshold, threshold_graph
 from .structure import bandwidth
 from .validation import ArrayLike, check_pair

@@ -22,7 +22,7 @@ import torch
 
 from ._torch import rows_to_tensor
 from .batching import PAD
-from .plan import BatchPlan
+from .plans import BatchPlan
 from .validation import ArrayLike, check_pair
 
 if TYPE_CHECKING:  # matplotlib is optional: imported only when a figure is drawn

@@ -40,7 +40,7 @@ from . import ddp
 from .batching import PAD, epoch_rng
 from .methods import get_method
 from .methods.base import COMMON_PARAMS, Planner
-from .plan import BatchPlan
+from .plans import BatchPlan
 from .refresh import (
     REFRESH_POLICIES,
     BatchTracker,

@@ -13,7 +13,7 @@
    GCBS's ``quantile`` is rescaled per shard so that a row keeps the same expected number of
    pairs as in the whole data (a quantile of a shard's pairs would keep N_s/N as many: at
    N = 20k in 4 shards the loss gap went from 0.085 (whole) to 0.336 without this).
-3. **Merge** into one :class:`~hardbatch.plan.BatchPlan` of the same method, so that every
+3. **Merge** into one :class:`~hardbatch.plans.BatchPlan` of the same method, so that every
    sample appears exactly once per epoch (or the ``drop_last`` rule holds globally):
 
    * cluster methods (B3): the full clusters of all shards (global ids) are kept; the members of
@@ -50,7 +50,7 @@ import numpy as np
 from .._torch import normalized_rows, resolve_device
 from ..batching import PAD, cut_order, epoch_rng, group_clusters
 from ..methods import get_method
-from ..plan import BatchPlan
+from ..plans import BatchPlan
 from ..similarity.approximate import exact_rows_top_k, seeded_kmeans
 from ..similarity.exact import _inv_norms
 from ..validation import ArrayLike, check_batch_size, check_pair, check_positive_int, check_seed

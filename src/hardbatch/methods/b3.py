@@ -29,7 +29,7 @@ import torch
 
 from ..batching import PAD, epoch_rng, group_clusters, sample_codes
 from ..negatives import HARD_NEGATIVE_DEPTH, cluster_hard_negatives, label_hard_negatives
-from ..plan import BatchPlan
+from ..plans import BatchPlan
 from ..similarity import (
     SimilarityBlocks,
     check_label_fraction,

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from ..batching import guard_rng, sample_codes, separate_duplicates
-from ..plan import BatchPlan
+from ..plans import BatchPlan
 from ..validation import ArrayLike, check_batch_size, check_pair, check_seed, n_rows
 
 _REGISTRY: dict[str, type[Planner]] = {}

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import cut_order
-from ..plan import BatchPlan
+from ..plans import BatchPlan
 from ..similarity import (
     SimilarityBlocks,
     estimate_threshold,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..batching import cut_order, epoch_rng
-from ..plan import BatchPlan
+from ..plans import BatchPlan
 from .base import Planner, register_method
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import hardbatch
 from hardbatch import PAD, BatchPlan
-from hardbatch.plan import FORMAT_VERSION
+from hardbatch.plans import FORMAT_VERSION
 
 
 def make_plan(n: int = 10, batch_size: int = 4, drop_last: bool = False, **fields) -> BatchPlan:
