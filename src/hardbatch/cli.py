@@ -168,7 +168,7 @@ def method_options() -> dict[str, MethodOption]:
             hints = typing.get_type_hints(cls.__init__)
         except Exception:  # unresolvable hints: fall back to the defaults' types
             hints = {}
-        aliases = getattr(cls, "cli_aliases", {}) or {}
+        aliases = cls.cli_aliases
         names = [p for p in cls.param_names() if p not in COMMON_PARAMS + GENERAL_PARAMS]
         for name in [*names, *cls.fit_params]:
             fit_data = name in cls.fit_params

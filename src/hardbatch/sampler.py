@@ -39,7 +39,7 @@ from torch.utils.data import Sampler
 from . import ddp
 from .batching import PAD, epoch_rng
 from .methods import get_method
-from .methods.base import COMMON_PARAMS, Planner
+from .methods.base import COMMON_PARAMS
 from .plans import BatchPlan
 from .refresh import (
     REFRESH_POLICIES,
@@ -63,9 +63,7 @@ def is_static_method(method: str) -> bool:
     per-epoch rule (``b3`` reshuffles static clusters); False for methods meant to be re-planned
     from fresh embeddings (``gcbs``).
     """
-    cls = get_method(method)
-    own_rule = cls.epoch_batches.__func__ is not Planner.epoch_batches.__func__
-    return (not cls.uses_embeddings) or own_rule
+    return not get_method(method).replans_each_epoch
 
 
 class HardBatchSampler(Sampler[list[int]]):
@@ -265,7 +263,7 @@ class HardBatchSampler(Sampler[list[int]]):
     def _check_method_params(self) -> None:
         cls = get_method(self.method)
         allowed = [p for p in cls.param_names() if p not in COMMON_PARAMS]
-        allowed += list(getattr(cls, "fit_params", ()))
+        allowed += list(cls.fit_params)
         unknown = sorted(set(self.method_params) - set(allowed))
         if unknown:
             raise ValueError(
@@ -442,7 +440,7 @@ class HardBatchSampler(Sampler[list[int]]):
             if self.duplicate_ids is not None:
                 params["duplicate_ids"] = self.duplicate_ids
             if subset is not None:  # per-sample arrays follow the subset
-                per_sample = ("duplicate_ids", *getattr(get_method(method), "fit_params", ()))
+                per_sample = ("duplicate_ids", *get_method(method).fit_params)
                 for key in per_sample:
                     if params.get(key) is not None:
                         params[key] = np.asarray(params[key])[subset]

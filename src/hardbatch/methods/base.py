@@ -52,6 +52,12 @@ class Planner:
     #: ``labels`` and ``groups``). They are data, not settings: passed at fit time like
     #: scikit-learn's ``fit(X, y, groups=...)``, never stored in ``plan.params``.
     fit_params: ClassVar[tuple[str, ...]] = ()
+    #: Whether the method is meant to be re-planned from fresh embeddings every epoch (GCBS).
+    #: False for methods whose one plan varies per epoch by its own rule (``random``
+    #: reshuffles, ``b3`` regroups static clusters): refresh policies read this, never guess.
+    replans_each_epoch: ClassVar[bool] = False
+    #: Extra option strings of ``hardbatch plan`` per parameter (e.g. ``{"p": ["-p"]}``).
+    cli_aliases: ClassVar[dict[str, list[str]]] = {}
 
     plan_: BatchPlan
 

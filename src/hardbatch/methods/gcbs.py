@@ -90,6 +90,7 @@ class GCBS(Planner):
     """
 
     name = "gcbs"
+    replans_each_epoch = True
     param_help = {
         "quantile": "similarity quantile above which pairs become graph edges (paper's q)",
         "top_k": "use per-row top-k neighbours instead of the quantile threshold",
