@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hardbatch.losses import false_negative_mask
+
 TEMPERATURE = 0.05
 
 
@@ -60,6 +62,20 @@ def info_nce(
             extra = extra.masked_fill(negative_mask, -float("inf"))
         q2t_logits = torch.cat([logits, extra], dim=1)
     return (F.cross_entropy(q2t_logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def teacher_suspects(
+    teacher_queries: torch.Tensor, teacher_targets: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """(b, b + h) bool: target j is a teacher-suspected false negative of query i.
+
+    ``s(q_i, t_j) > threshold · s(q_i, t_i)`` on unit-norm teacher features (NV-Retriever's
+    "TopK-PercPos" rule), never the positive: :func:`hardbatch.losses.false_negative_mask`'s
+    relative rule, which applies only to rows whose positive the teacher scores > 0. Targets:
+    the b in-batch ones, then any mined negatives.
+    """
+    scores = teacher_queries @ teacher_targets.T
+    return false_negative_mask(scores=scores, rule="relative", margin=threshold)
 
 
 def retrieval_metrics(queries: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -155,20 +171,20 @@ class FrozenHeadStudent:
         fq_batch, ft_batch = fq[idx], ft[idx]
         q, t = self._q(fq_batch), self._t(ft_batch)
         neg = mask = None
+        flat = None if negatives is None else torch.as_tensor(negatives.reshape(-1))
+        ft_all = ft_batch if flat is None else torch.cat([ft_batch, ft[flat]])
         # Teacher-suspected false negatives: a "negative" the teacher scores nearly as high as
         # (or higher than) the query's own positive.
-        teacher = fq_batch @ ft_batch.T
-        limit = self.fn_threshold * teacher.diagonal()[:, None]
-        suspect = (teacher > limit).fill_diagonal_(False)
+        suspects = teacher_suspects(fq_batch, ft_all, self.fn_threshold)
+        b = len(idx)
+        suspect = suspects[:, :b]
         self.fn_pairs += int(suspect.sum())
-        self.neg_pairs += len(idx) * (len(idx) - 1)
-        if negatives is not None:
-            flat = torch.as_tensor(negatives.reshape(-1))
-            ft_neg = ft[flat]
-            neg = self._t(ft_neg)
+        self.neg_pairs += b * (b - 1)
+        if flat is not None:
+            neg = self._t(ft_all[b:])
             mask = flat[None, :] == idx[:, None]
             if self.fn_filter:
-                mask = mask | (fq_batch @ ft_neg.T > limit)
+                mask = mask | suspects[:, b:]
         batch_mask = suspect if self.fn_filter else None
         loss = info_nce(q, t, neg, mask, batch_mask=batch_mask)
         self.optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ The pipeline (one subpackage per stage)::
 >>> hardbatch.metrics.loss_gap(X, Y, plan, temperature=0.05)
 """
 
-from . import metrics
+from . import losses, metrics
 from .api import plan
 from .batching import PAD
 from .methods import Planner, available_methods, get_method, register_method
@@ -28,6 +28,7 @@ __all__ = [
     "__version__",
     "available_methods",
     "get_method",
+    "losses",
     "metrics",
     "plan",
     "register_method",
