@@ -300,3 +300,68 @@ def test_metrics_reject_bad_embeddings(small_pair):
         metrics.loss_gap(bad, y, plan)
     with pytest.raises(ValueError, match="same number of rows"):
         metrics.global_losses(x, y[:-1])
+
+
+# --------------------------------------------------------------------------- planted groups
+def _reference_purity(plan, groups):
+    """Per batch, count each label with a dict; the largest count over the batch's samples."""
+    shares = []
+    for ids in plan.iter_batches():
+        counts = {}
+        for i in ids:
+            counts[groups[i]] = counts.get(groups[i], 0) + 1
+        shares.append(max(counts.values()) / len(ids))
+    return sum(shares) / len(shares)
+
+
+def _reference_cohesion(plan, groups):
+    """Per group, the most members any one batch holds, over the group's size."""
+    batches = [set(ids.tolist()) for ids in plan.iter_batches()]
+    shares = []
+    for g in sorted(set(groups.tolist())):
+        members = [i for i in range(len(groups)) if groups[i] == g]
+        best = max(sum(i in batch for i in members) for batch in batches)
+        shares.append(best / len(members))
+    return sum(shares) / len(shares)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_purity_and_cohesion_match_references(drop_last):
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 7, size=103)
+    plan = hardbatch.plan("random", n_samples=103, batch_size=10, seed=1, drop_last=drop_last)
+    assert metrics.batch_purity(plan, groups) == pytest.approx(_reference_purity(plan, groups))
+    assert metrics.group_cohesion(plan, groups) == pytest.approx(_reference_cohesion(plan, groups))
+
+
+def test_purity_and_cohesion_take_any_labels():
+    """Sparse integer labels and strings give what the dense labels 0..G-1 give."""
+    rng = np.random.default_rng(1)
+    dense = rng.integers(0, 5, size=60)
+    plan = hardbatch.plan("random", n_samples=60, batch_size=8, seed=0)
+    for labels in (dense * 10 + 3, np.array([f"g{g}" for g in dense])):
+        assert metrics.batch_purity(plan, labels) == metrics.batch_purity(plan, dense)
+        assert metrics.group_cohesion(plan, labels) == metrics.group_cohesion(plan, dense)
+        assert metrics.group_cohesion(plan, labels) == pytest.approx(
+            _reference_cohesion(plan, labels)
+        )
+
+
+def test_purity_and_cohesion_of_a_perfect_plan():
+    """Batches that are exactly the groups: both measures are 1."""
+    groups = np.random.default_rng(2).permutation(np.repeat(np.arange(6), 8))
+    batches = np.argsort(groups, kind="stable").reshape(6, 8)  # batch b = the members of b
+    plan = BatchPlan(batches=batches, method="test", n_samples=48, batch_size=8)
+    assert metrics.batch_purity(plan, groups) == 1.0
+    assert metrics.group_cohesion(plan, groups) == 1.0
+
+
+def test_purity_and_cohesion_check_their_input():
+    plan = hardbatch.plan("random", n_samples=20, batch_size=5, seed=0)
+    for measure in (metrics.batch_purity, metrics.group_cohesion):
+        with pytest.raises(ValueError, match="N=20"):
+            measure(plan, np.zeros(19, dtype=int))
+        with pytest.raises(ValueError, match="1-D"):
+            measure(plan, np.zeros((20, 2), dtype=int))
+        with pytest.raises(ValueError, match="BatchPlan"):
+            measure(plan.batches, np.zeros(20, dtype=int))

@@ -111,3 +111,12 @@ def test_missing_matplotlib_names_the_extra(planted, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     with pytest.raises(plots.MissingDependencyError, match=r"hardbatch\[plot\]"):
         plots.similarity_figure(data.queries, data.targets, plan)
+
+
+def test_require_matplotlib_checks_before_any_work(monkeypatch):
+    assert plots.require_matplotlib() is None  # installed: nothing to say
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    with pytest.raises(plots.MissingDependencyError, match=r"hardbatch\[plot\]"):
+        plots.require_matplotlib()
+    # An ImportError, so callers that only want to know (the demo) can catch that.
+    assert issubclass(plots.MissingDependencyError, ImportError)

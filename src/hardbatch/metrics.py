@@ -12,6 +12,10 @@ Also: in-batch negative similarity (mean, and the per-query hardest/easiest nega
 bandwidth of the thresholded graph in plan order, and the fraction of its edges a plan keeps
 inside batches. Everything is computed in row blocks: memory never holds N×N.
 
+For data with known groups of mutual hard negatives (the planted groups of
+:func:`hardbatch.synthetic.make_planted_pairs`, topics, sources): :func:`batch_purity` and
+:func:`group_cohesion` say how much a plan keeps each group together.
+
 With ``drop_last`` the dropped samples are left out of both losses, so the gap compares the
 same samples.
 """
@@ -222,6 +226,81 @@ def plan_order(plan: BatchPlan) -> np.ndarray:
     ids = plan.batches[plan.batches != PAD]
     missing = np.setdiff1d(np.arange(plan.n_samples), ids)
     return np.concatenate([ids, missing])
+
+
+def _group_codes(plan: BatchPlan, groups: ArrayLike) -> np.ndarray:
+    """``groups`` as codes ``0..G-1`` (one per distinct label), checked against the plan."""
+    if not isinstance(plan, BatchPlan):
+        raise ValueError(f"plan must be a hardbatch.BatchPlan, got {type(plan).__name__}")
+    labels = np.asarray(groups)
+    if labels.ndim != 1:
+        raise ValueError(f"groups must be 1-D with one label per sample, got shape {labels.shape}")
+    if len(labels) != plan.n_samples:
+        raise ValueError(
+            f"groups has {len(labels)} labels, the plan was made for N={plan.n_samples}"
+        )
+    # Sorted distinct labels: dense integer labels 0..G-1 map to themselves.
+    return np.unique(labels, return_inverse=True)[1].reshape(-1)
+
+
+def batch_purity(plan: BatchPlan, groups: ArrayLike) -> float:
+    """Mean over batches of the share of a batch taken by its largest group.
+
+    Parameters
+    ----------
+    plan : BatchPlan
+        The plan; padding (``-1``) is not counted, so a short last batch counts its real
+        samples only.
+    groups : array-like of shape (N,)
+        A group label per sample (any hashable, sortable labels: ints, strings).
+
+    Returns
+    -------
+    float
+        In ``(0, 1]``; 1 when every batch holds one group. At most
+        ``min(group_size, batch_size) / batch_size`` for groups of equal size.
+
+    Raises
+    ------
+    ValueError
+        ``plan`` is not a BatchPlan, or ``groups`` is not one label per sample.
+    """
+    codes = _group_codes(plan, groups)
+    shares = [np.bincount(codes[ids]).max() / len(ids) for ids in plan.iter_batches()]
+    return float(np.mean(shares))
+
+
+def group_cohesion(plan: BatchPlan, groups: ArrayLike) -> float:
+    """Mean over groups of the share of a group found in its most common batch.
+
+    Parameters
+    ----------
+    plan : BatchPlan
+        The plan; samples it leaves out (``drop_last``) count as outside every batch.
+    groups : array-like of shape (N,)
+        A group label per sample (any hashable, sortable labels: ints, strings).
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; 1 when every group lies whole inside one batch.
+
+    Raises
+    ------
+    ValueError
+        ``plan`` is not a BatchPlan, or ``groups`` is not one label per sample.
+    """
+    codes = _group_codes(plan, groups)
+    batch_of = np.full(len(codes), -1, dtype=np.int64)
+    for b, ids in enumerate(plan.iter_batches()):
+        batch_of[ids] = b
+    kept = batch_of >= 0
+    # Count each (group, batch) pair once, then keep the largest count per group.
+    pairs = np.unique(np.stack([codes[kept], batch_of[kept]]), axis=1, return_counts=True)
+    (group_ids, _), counts = pairs
+    largest = np.zeros(codes.max() + 1)
+    np.maximum.at(largest, group_ids, counts)
+    return float(np.mean(largest / np.bincount(codes)))
 
 
 def report(

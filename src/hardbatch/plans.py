@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ._json import to_jsonable
 from .batching import PAD, guard_rng, iter_rows, separate_duplicates
 
 #: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`.
@@ -224,7 +225,7 @@ class BatchPlan:
             np.savez(
                 fh,
                 batches=self.batches,
-                meta=np.array(json.dumps(meta, default=_jsonable)),
+                meta=np.array(json.dumps(meta, default=to_jsonable)),
                 **arrays,
             )
         return path
@@ -301,12 +302,3 @@ class BatchPlan:
             f"batch_size={self.batch_size}, n_batches={self.n_batches}, seed={self.seed}, "
             f"drop_last={self.drop_last})"
         )
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON fallback for numpy scalars and arrays in params/info."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

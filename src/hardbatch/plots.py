@@ -8,6 +8,7 @@
 
 Figures are built with matplotlib's object API on the Agg canvas (no ``pyplot``, no global
 backend change), so they work headless and in notebooks alike; ``plot_*`` write a file.
+:func:`require_matplotlib` checks up front that figures can be drawn.
 """
 
 from __future__ import annotations
@@ -36,15 +37,33 @@ class MissingDependencyError(ImportError):
     """An optional dependency (matplotlib) is not installed."""
 
 
-def _figure(**kwargs: Any) -> Figure:
-    """A new matplotlib figure on the Agg canvas."""
+def require_matplotlib() -> None:
+    """Check that figures can be drawn, before any work that ends in one.
+
+    Imports what every figure of this module needs (matplotlib's ``Figure`` and its Agg
+    canvas, which draws without a display).
+
+    Raises
+    ------
+    MissingDependencyError
+        matplotlib is not installed (or cannot be imported); the message names the extra to
+        install, ``pip install 'hardbatch[plot]'``.
+    """
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
     except ImportError:
         raise MissingDependencyError(
             "plots need matplotlib, which is not installed: pip install 'hardbatch[plot]'"
         ) from None
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A new matplotlib figure on the Agg canvas."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
