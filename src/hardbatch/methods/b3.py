@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batching import PAD, epoch_rng, group_clusters, sample_codes
+from ..batching import PAD, merge_shard_clusters, regroup_clusters_epoch, sample_codes
 from ..negatives import HARD_NEGATIVE_DEPTH, cluster_hard_negatives, label_hard_negatives
 from ..plans import BatchPlan
 from ..similarity import (
@@ -121,6 +121,7 @@ class B3(Planner):
     """
 
     name = "b3"
+    epoch_rule = "regroup_clusters"
     fit_params = ("labels", "groups")
     cli_aliases = {"p": ["-p"], "m": ["-m"]}
     param_help = {
@@ -198,6 +199,7 @@ class B3(Planner):
     def _plan(
         self, queries, targets, *, n, batch_size, seed, norms, labels=None, groups=None
     ) -> BatchPlan:
+        """Ranks → graph → partition → clusters per group, then epoch-0 batches."""
         k = self._check_params(batch_size)
         label_codes = None if labels is None else sample_codes(labels, n, "labels")
         group_codes = None if groups is None else sample_codes(groups, n, "groups")
@@ -233,10 +235,11 @@ class B3(Planner):
             clusters, groups_of_clusters = clusters[short_last], groups_of_clusters[short_last]
 
         tick = time.perf_counter()
-        batches = group_clusters(
+        batches = regroup_clusters_epoch(
             clusters,
             batch_size,
-            rng=epoch_rng(seed, 0),
+            seed=seed,
+            epoch=0,
             cluster_groups=groups_of_clusters,
             drop_last=bool(self.drop_last),
         )
@@ -370,19 +373,24 @@ class B3(Planner):
         clusters = local if idx is None else np.where(local == PAD, PAD, idx[local])
         return clusters, negatives, part, stat
 
-    # ------------------------------------------------------------------ epochs
-    @classmethod
-    def epoch_batches(cls, plan: BatchPlan, epoch: int) -> np.ndarray:
-        """The static clusters regrouped with ``(seed, epoch)``."""
-        if plan.clusters is None:
-            return plan.batches
-        return group_clusters(
-            plan.clusters,
-            plan.batch_size,
-            rng=epoch_rng(int(plan.seed or 0), epoch),
-            cluster_groups=plan.cluster_groups,
-            drop_last=plan.drop_last,
+    # ------------------------------------------------------------------ shards
+    def merge_shards(self, shard_plans, members, *, n, seed) -> BatchPlan:
+        """Full clusters of every shard, the shards' short clusters pooled and re-cut
+        (:func:`hardbatch.batching.merge_shard_clusters`), hard negatives mapped to global
+        ids; ``for_epoch`` then regroups the merged clusters like any B3 plan."""
+        clusters, batches = merge_shard_clusters(
+            [p.clusters for p in shard_plans],
+            list(members),
+            int(self.batch_size),
+            seed=seed,
+            drop_last=bool(self.drop_last),
         )
+        negatives = None
+        if shard_plans[0].hard_negatives is not None:
+            negatives = np.empty((n, shard_plans[0].hard_negatives.shape[1]), dtype=np.int64)
+            for shard, idx in zip(shard_plans, members, strict=True):
+                negatives[idx] = idx[shard.hard_negatives]
+        return self._make_plan(batches, n=n, seed=seed, clusters=clusters, hard_negatives=negatives)
 
 
 def _take_rows(a: Any, idx: np.ndarray) -> Any:

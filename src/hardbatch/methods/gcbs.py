@@ -178,6 +178,18 @@ class GCBS(Planner):
         }
         return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
 
+    def shard_params(self, params, *, n_samples, shard_samples):
+        """The quantile is relative to N (``1 - q`` of the ``N - 1`` pairs of a row are kept):
+        a shard keeps the same expected number of pairs per row, ``(1 - q)·(N - 1)``, so its
+        quantile is ``1 - (1 - q)·(N - 1)/(N_s - 1)`` (a quantile of a shard's own pairs would
+        keep ``N_s/N`` as many). The top-k rule is per row already and passes unchanged."""
+        params = dict(params)
+        if self.top_k is None:
+            kept = (1.0 - float(self.quantile)) * (n_samples - 1)
+            quantile = 1.0 - kept / max(shard_samples - 1, 1)
+            params["quantile"] = min(max(quantile, 1e-6), 1.0 - 1e-9)
+        return params
+
     def _threshold(self, queries, targets, seed, norms) -> float:
         """The quantile rule's similarity threshold, from the seeded pair sample."""
         check_fraction(self.quantile, "quantile")
