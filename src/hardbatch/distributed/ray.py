@@ -53,8 +53,9 @@ from .._torch import normalized_rows, resolve_device
 from ..api import plan
 from ..methods import get_method
 from ..plans import BatchPlan
-from ..similarity.approximate import exact_rows_top_k, seeded_kmeans
-from ..similarity.exact import _inv_norms
+from ..similarity._common import inv_norms
+from ..similarity.approximate import seeded_kmeans
+from ..similarity.exact import exact_rows_top_k
 from ..validation import ArrayLike, check_batch_size, check_pair, check_positive_int, check_seed
 
 #: Rows per block when assigning samples to shard centroids.
@@ -98,7 +99,7 @@ def coarse_shards(
     if n_shards == 1:
         return np.zeros(n, dtype=np.int64)
     dev = resolve_device("cpu")
-    inv = _inv_norms(norms, metric)
+    inv = inv_norms(norms, metric)
     rng = np.random.default_rng(seed)
     train_rows = np.sort(rng.choice(n, size=min(n, 256 * n_shards), replace=False))
     train = normalized_rows(targets, train_rows, inv, dev).numpy()
