@@ -443,3 +443,64 @@ def test_register_a_new_method(monkeypatch):
 
     with pytest.raises(ValueError, match="needs a non-empty `name`"):
         register_method(Nameless)
+
+
+# --------------------------------------------------------------------------- the Planner contract
+def test_builtin_methods_declare_their_epoch_rule():
+    from hardbatch.methods import B3, GCBS, RandomBatches
+
+    assert (RandomBatches.epoch_rule, GCBS.epoch_rule, B3.epoch_rule) == (
+        "reshuffle",
+        "fixed",
+        "regroup_clusters",
+    )
+    assert hardbatch.plan("random", n_samples=20, batch_size=4).epoch_rule == "reshuffle"
+
+
+def test_register_method_rejects_an_unknown_epoch_rule(monkeypatch):
+    monkeypatch.setattr(methods_base, "_REGISTRY", dict(methods_base._REGISTRY))
+
+    class Spiral(Planner):
+        name = "spiral-test"
+        epoch_rule = "spiral"
+
+    with pytest.raises(ValueError, match="unknown epoch rule 'spiral'"):
+        register_method(Spiral)
+    assert "spiral-test" not in available_methods()
+
+
+def test_base_plan_admits_fit_data():
+    import inspect
+
+    params = inspect.signature(Planner._plan).parameters
+    assert params["fit_data"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_gcbs_shard_params_keep_pairs_per_row():
+    from hardbatch.methods import GCBS
+
+    given = {"quantile": 0.99, "metric": "dot"}
+    shard = GCBS(quantile=0.99).shard_params(given, n_samples=1001, shard_samples=251)
+    # Same expected pairs per row: (1 - q)·(N - 1) = 10 of the shard's 250 other rows.
+    assert shard == {"quantile": pytest.approx(1 - 10 / 250), "metric": "dot"}
+    assert given == {"quantile": 0.99, "metric": "dot"}  # not modified
+    top_k = {"top_k": 5}
+    assert GCBS(top_k=5).shard_params(top_k, n_samples=1001, shard_samples=251) == top_k
+    # Clipped to a valid quantile when a shard is too small to keep that many pairs.
+    tiny = GCBS(quantile=0.5).shard_params({}, n_samples=1001, shard_samples=11)
+    assert tiny["quantile"] == pytest.approx(1e-6)
+
+
+def test_default_shard_hooks():
+    from hardbatch.methods import RandomBatches
+
+    planner = RandomBatches(batch_size=3, seed=4)
+    assert planner.shard_params({"a": 1}, n_samples=10, shard_samples=5) == {"a": 1}
+    shards = [hardbatch.plan("random", n_samples=n, batch_size=3, seed=4) for n in (4, 5)]
+    members = [np.array([0, 2, 4, 6]), np.array([1, 3, 5, 7, 8])]
+    merged = planner.merge_shards(shards, members, n=9, seed=4).validate()
+    assert merged.method == "random" and merged.epoch_rule == "reshuffle"
+    # Full shard batches first (global ids), then the pooled leftovers.
+    full = [members[s][b] for s in (0, 1) for b in shards[s].batches if (b != PAD).all()]
+    np.testing.assert_array_equal(merged.order[:6], np.concatenate(full))
+    assert sorted(merged.order.tolist()) == list(range(9))

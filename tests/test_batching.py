@@ -54,3 +54,58 @@ def test_epoch_rng_is_deterministic_and_distinct_per_seed_and_epoch():
     assert len(as_tuples) == len(draw)
     # Seeded with the pair, not with seed + epoch.
     assert not np.array_equal(draw[0, 1], draw[1, 0])
+
+
+# --------------------------------------------------------------------------- epoch rules
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_reshuffle_epoch_is_a_seeded_permutation_cut(drop_last):
+    from hardbatch.batching import reshuffle_epoch
+
+    for epoch in (0, 1, 5):
+        got = reshuffle_epoch(23, 5, seed=3, epoch=epoch, drop_last=drop_last)
+        order = np.random.default_rng([3, epoch]).permutation(23)
+        np.testing.assert_array_equal(got, ref.padded(ref.batches_of(order, 5, drop_last), 5))
+    assert not np.array_equal(
+        reshuffle_epoch(23, 5, seed=3, epoch=1), reshuffle_epoch(23, 5, seed=3, epoch=2)
+    )
+
+
+def test_regroup_clusters_epoch_is_group_clusters_with_the_epoch_stream():
+    from hardbatch.batching import group_clusters, regroup_clusters_epoch
+
+    clusters = np.arange(22).reshape(11, 2)
+    clusters = np.vstack([clusters, [[22, PAD]]])
+    for epoch in (0, 2):
+        got = regroup_clusters_epoch(clusters, 6, seed=1, epoch=epoch)
+        expected = group_clusters(clusters, 6, rng=epoch_rng(1, epoch))
+        np.testing.assert_array_equal(got, expected)
+
+
+# --------------------------------------------------------------------------- shard merges
+def test_merge_shard_orders_keeps_full_batches_and_pools_leftovers():
+    from hardbatch.batching import merge_shard_orders
+
+    members = [np.array([10, 11, 12, 13, 14]), np.array([0, 1, 2, 3, 4, 5, 6])]
+    shard_batches = [cut_order(np.array([4, 3, 2, 1, 0]), 2), cut_order(np.arange(7)[::-1], 2)]
+    order, batches = merge_shard_orders(shard_batches, members, 2)
+    # Full batches in shard order (global ids), then the two pooled leftovers (14's 0, 1's 0).
+    np.testing.assert_array_equal(order, [14, 13, 12, 11, 6, 5, 4, 3, 2, 1, 10, 0])
+    np.testing.assert_array_equal(batches, cut_order(order, 2))
+    _, dropped = merge_shard_orders(shard_batches, members, 5, drop_last=True)
+    assert dropped.shape == (2, 5)
+
+
+def test_merge_shard_clusters_pools_short_clusters():
+    from hardbatch.batching import merge_shard_clusters, regroup_clusters_epoch
+
+    members = [np.arange(100, 105), np.arange(200, 207)]
+    shard_clusters = [
+        np.array([[0, 1], [2, 3], [4, PAD]]),
+        np.array([[6, 5], [4, 3], [2, 1], [0, PAD]]),
+    ]
+    clusters, batches = merge_shard_clusters(shard_clusters, members, 4, seed=2)
+    expected = [[100, 101], [102, 103], [206, 205], [204, 203], [202, 201], [104, 200]]
+    np.testing.assert_array_equal(clusters, expected)
+    np.testing.assert_array_equal(
+        batches, regroup_clusters_epoch(clusters, 4, seed=2, epoch=0, drop_last=False)
+    )

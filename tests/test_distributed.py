@@ -123,12 +123,11 @@ def test_cli_ray_address(planted, local_ray, tmp_path):
 
 
 def test_gcbs_quantile_is_rescaled_per_shard():
-    from hardbatch.distributed.ray import _shard_params
     from hardbatch.methods import get_method
 
     gcbs = get_method("gcbs")(batch_size=64, quantile=0.999)
-    params = _shard_params(gcbs, {"quantile": 0.999}, 20_001, 5_001)
+    params = gcbs.shard_params({"quantile": 0.999}, n_samples=20_001, shard_samples=5_001)
     # Same expected pairs per row: 0.001 · 20000 = 20 = (1 - q_s) · 5000.
     assert params["quantile"] == pytest.approx(1 - 20 / 5000)
     top_k = get_method("gcbs")(batch_size=64, top_k=5)
-    assert _shard_params(top_k, {"top_k": 5}, 20_001, 5_001) == {"top_k": 5}
+    assert top_k.shard_params({"top_k": 5}, n_samples=20_001, shard_samples=5_001) == {"top_k": 5}

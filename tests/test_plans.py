@@ -42,11 +42,52 @@ def test_access():
 
 def test_for_epoch():
     plan = make_plan(10, 4)
+    assert plan.epoch_rule == "fixed"
     assert plan.for_epoch(0) is plan.batches
-    # A method this version does not know keeps its batches in every epoch.
-    assert plan.for_epoch(3) is plan.batches
+    assert plan.for_epoch(3) is plan.batches  # the fixed rule keeps the batches
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         plan.for_epoch(-1)
+    with pytest.raises(ValueError, match="epoch must be an integer"):
+        plan.for_epoch(1.5)
+
+
+def test_for_epoch_dispatches_on_the_stored_rule():
+    """The rule is data of the plan: the method name plays no part."""
+    from hardbatch.batching import regroup_clusters_epoch, reshuffle_epoch
+
+    shuffled = make_plan(10, 4, epoch_rule="reshuffle")
+    np.testing.assert_array_equal(
+        shuffled.for_epoch(2), reshuffle_epoch(10, 4, seed=0, epoch=2, drop_last=False)
+    )
+    clusters = np.arange(10).reshape(5, 2)
+    grouped = make_plan(10, 4, epoch_rule="regroup_clusters", clusters=clusters)
+    np.testing.assert_array_equal(
+        grouped.for_epoch(1), regroup_clusters_epoch(clusters, 4, seed=0, epoch=1)
+    )
+    with pytest.raises(ValueError, match="needs plan.clusters"):
+        make_plan(10, 4, epoch_rule="regroup_clusters").for_epoch(1)
+
+
+def test_unknown_epoch_rule_is_an_error():
+    plan = make_plan(10, 4, epoch_rule="spiral")
+    for epoch in (0, 1):
+        with pytest.raises(ValueError, match="unknown epoch rule 'spiral'; known: fixed"):
+            plan.for_epoch(epoch)
+
+
+def test_register_epoch_rule(monkeypatch):
+    from hardbatch import plans
+
+    monkeypatch.setattr(plans, "_EPOCH_RULES", dict(plans._EPOCH_RULES))
+    reverse = plans.register_epoch_rule("reverse-test", lambda plan, epoch: plan.batches[::-1])
+    assert "reverse-test" in plans.epoch_rules()
+    plan = make_plan(12, 4, epoch_rule="reverse-test")
+    np.testing.assert_array_equal(plan.for_epoch(1), plan.batches[::-1])
+    assert reverse(plan, 1) is not None
+    with pytest.raises(ValueError, match="non-empty name"):
+        plans.register_epoch_rule("", reverse)
+    with pytest.raises(ValueError, match="must be callable"):
+        plans.register_epoch_rule("x", "not a function")
 
 
 # --------------------------------------------------------------------------- validate
@@ -143,6 +184,34 @@ def test_save_load_round_trip_of_real_plans(tmp_path, small_pair):
         assert loaded.info == json.loads(json.dumps(plan.info))
         for epoch in (1, 2):
             np.testing.assert_array_equal(loaded.for_epoch(epoch), plan.for_epoch(epoch))
+
+
+def test_epoch_rule_round_trips(tmp_path):
+    plan = make_plan(10, 4, epoch_rule="reshuffle")
+    loaded = BatchPlan.load(plan.save(tmp_path / "plan.npz"))
+    assert loaded.epoch_rule == "reshuffle"
+    np.testing.assert_array_equal(loaded.for_epoch(3), plan.for_epoch(3))
+
+
+@pytest.mark.parametrize(
+    ("method", "rule"),
+    [("random", "reshuffle"), ("b3", "regroup_clusters"), ("gcbs", "fixed"), ("other", "fixed")],
+)
+def test_old_plan_file_without_epoch_rule(tmp_path, method, rule):
+    """Files written before the rule was stored get the rule of their method."""
+    clusters = np.arange(12).reshape(6, 2)
+    plan = make_plan(12, 4, clusters=clusters)
+    plan.method, plan.epoch_rule = method, rule
+    path = plan.save(tmp_path / "plan.npz")
+    with np.load(path) as f:
+        contents = {name: f[name] for name in f.files}
+    meta = json.loads(str(contents["meta"]))
+    del meta["epoch_rule"]
+    contents["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **contents)
+    loaded = BatchPlan.load(path)
+    assert loaded.epoch_rule == rule
+    np.testing.assert_array_equal(loaded.for_epoch(2), plan.for_epoch(2))
 
 
 def test_load_plan_for_another_n(tmp_path):

@@ -54,7 +54,7 @@ import torch
 import hardbatch
 from hardbatch.batching import PAD, cut_order, epoch_rng
 from hardbatch.methods.base import Planner, register_method
-from hardbatch.plans import BatchPlan
+from hardbatch.plans import BatchPlan, register_epoch_rule
 
 METHODS = ("random", "nodup", "hn1", "tas", "gcbs", "gcbs_rec", "b3", "b3_hn")
 N_REF = 50_000
@@ -79,6 +79,17 @@ def b3_window(n: int, cluster_size: int) -> tuple[int, int]:
     return p, m
 
 
+def tas_epoch(plan: BatchPlan, epoch: int) -> np.ndarray:
+    """TAS epoch ``epoch``: clusters visited in a random order, members shuffled, then cut."""
+    rng = epoch_rng(int(plan.seed or 0), epoch)
+    rows = [r[r != PAD] for r in plan.clusters]
+    order = np.concatenate([rng.permutation(rows[c]) for c in rng.permutation(len(rows))])
+    return cut_order(order, plan.batch_size, drop_last=plan.drop_last)
+
+
+register_epoch_rule("tas_clusters", tas_epoch)
+
+
 @register_method
 class TASKMeans(Planner):
     """Topic-aware batches: k-means clusters of the query embeddings, visited one by one.
@@ -93,6 +104,7 @@ class TASKMeans(Planner):
     """
 
     name = "tas_kmeans"
+    epoch_rule = "tas_clusters"
     param_help = {"batches_per_cluster": "mean k-means cluster size, in batches"}
 
     def __init__(self, batch_size=64, *, batches_per_cluster=2, seed=0, drop_last=False):
@@ -118,15 +130,8 @@ class TASKMeans(Planner):
             info={"n_clusters": int(k), "cluster_size_max": int(sizes.max())},
         )
         plan.clusters = clusters
-        plan.batches = self.epoch_batches(plan, 0)
+        plan.batches = tas_epoch(plan, 0)
         return plan
-
-    @classmethod
-    def epoch_batches(cls, plan: BatchPlan, epoch: int) -> np.ndarray:
-        rng = epoch_rng(int(plan.seed or 0), epoch)
-        rows = [r[r != PAD] for r in plan.clusters]
-        order = np.concatenate([rng.permutation(rows[c]) for c in rng.permutation(len(rows))])
-        return cut_order(order, plan.batch_size, drop_last=plan.drop_last)
 
 
 def teacher_ranks(queries: np.ndarray, targets: np.ndarray, depth: int) -> np.ndarray:

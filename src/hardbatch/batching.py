@@ -1,7 +1,10 @@
 """Stage 3: batches. Cut an ordering into fixed-size batches.
 
-Also: group whole clusters into batches per epoch (:func:`group_clusters`, B3) and the
-duplicate guard every method shares (:func:`separate_duplicates`).
+Also: group whole clusters into batches per epoch (:func:`group_clusters`, B3); the epoch
+rules a plan names in ``BatchPlan.epoch_rule`` (:func:`reshuffle_epoch`,
+:func:`regroup_clusters_epoch`); the merge of per-shard plans (:func:`merge_shard_orders`,
+:func:`merge_shard_clusters`, used by Ray planning); and the duplicate guard every method shares
+(:func:`separate_duplicates`).
 
 Leftover rule (every method follows it): when ``N % batch_size != 0``
 
@@ -139,6 +142,110 @@ def _group_one(
     short = clusters[rows[~full[rows]]]
     order = np.concatenate([clusters[rng.permutation(full_rows)].ravel(), short[short != PAD]])
     return cut_order(order, batch_size, drop_last=drop_last)
+
+
+# --------------------------------------------------------------------------- epoch rules
+def reshuffle_epoch(
+    n_samples: int, batch_size: int, *, seed: int, epoch: int, drop_last: bool = False
+) -> np.ndarray:
+    """Epoch ``epoch`` of the random baseline: a permutation drawn from ``(seed, epoch)``, cut
+    into batches (epoch rule ``"reshuffle"``)."""
+    order = epoch_rng(seed, epoch).permutation(n_samples)
+    return cut_order(order, batch_size, drop_last=drop_last)
+
+
+def regroup_clusters_epoch(
+    clusters: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    cluster_groups: np.ndarray | None = None,
+    drop_last: bool = False,
+) -> np.ndarray:
+    """Epoch ``epoch`` of a cluster plan (B3): the static clusters grouped into batches with
+    ``(seed, epoch)`` by :func:`group_clusters` (epoch rule ``"regroup_clusters"``)."""
+    return group_clusters(
+        clusters,
+        batch_size,
+        rng=epoch_rng(seed, epoch),
+        cluster_groups=cluster_groups,
+        drop_last=drop_last,
+    )
+
+
+# --------------------------------------------------------------------------- shards → one plan
+def merge_shard_orders(
+    shard_batches: list[np.ndarray],
+    members: list[np.ndarray],
+    batch_size: int,
+    *,
+    drop_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ordering from per-shard batch arrays (local ids), cut into batches.
+
+    The full batches of every shard are kept in shard order; the members of the shards' short
+    last batches are pooled (shard order) after them and cut with the global ``drop_last`` rule.
+
+    Parameters
+    ----------
+    shard_batches : list of np.ndarray of shape (n_batches_s, batch_size)
+        Each shard's batches in the shard's local ids ``0..N_s-1``, padded with :data:`PAD`.
+    members : list of np.ndarray of shape (N_s,)
+        Global id of every local id of each shard.
+    batch_size : int
+    drop_last : bool
+
+    Returns
+    -------
+    order : np.ndarray of shape (N,), int64
+        The global sequence the batches are cut from.
+    batches : np.ndarray
+        :func:`cut_order` of ``order``.
+    """
+    full, pool = [], []
+    for b, idx in zip(shard_batches, members, strict=True):
+        is_full = (b != PAD).all(axis=1)
+        full.append(idx[b[is_full]].ravel())
+        rest = b[~is_full]
+        pool.append(idx[rest[rest != PAD]])
+    order = np.concatenate([*full, *pool])
+    return order, cut_order(order, batch_size, drop_last=drop_last)
+
+
+def merge_shard_clusters(
+    shard_clusters: list[np.ndarray],
+    members: list[np.ndarray],
+    batch_size: int,
+    *,
+    seed: int,
+    drop_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One cluster array from per-shard clusters (local ids), and its epoch-0 batches.
+
+    The full clusters of all shards are kept (global ids); the members of the shards' short
+    last clusters are pooled (shard order) and cut into clusters of ``K``, the last one short.
+    Batches are :func:`regroup_clusters_epoch` at epoch 0, as a cluster method makes them.
+
+    Returns
+    -------
+    clusters : np.ndarray of shape (n_clusters, K), int64
+    batches : np.ndarray of shape (n_batches, batch_size), int64
+    """
+    full, pool = [], []
+    for clusters, idx in zip(shard_clusters, members, strict=True):
+        is_full = (clusters != PAD).all(axis=1)
+        full.append(idx[clusters[is_full]])
+        short = clusters[~is_full]
+        pool.append(idx[short[short != PAD]])
+    k = full[0].shape[1] if full else shard_clusters[0].shape[1]
+    if any(p.size for p in pool):
+        pooled = cut_order(np.concatenate(pool), k, drop_last=False)
+    else:
+        pooled = np.empty((0, k), dtype=np.int64)
+    clusters = np.vstack([*full, pooled])
+    batches = regroup_clusters_epoch(clusters, batch_size, seed=seed, epoch=0, drop_last=drop_last)
+    return clusters, batches
 
 
 # --------------------------------------------------------------------------- duplicate guard

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,89 @@ from typing import Any
 import numpy as np
 
 from ._json import to_jsonable
-from .batching import PAD, guard_rng, iter_rows, separate_duplicates
+from .batching import (
+    PAD,
+    guard_rng,
+    iter_rows,
+    regroup_clusters_epoch,
+    reshuffle_epoch,
+    separate_duplicates,
+)
 
-#: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`.
+#: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`. Files of version 1
+#: written before ``epoch_rule`` was stored are read with the rule of their method
+#: (:data:`LEGACY_EPOCH_RULES`).
 FORMAT_VERSION = 1
+
+#: A rule for epoch ``e >= 1`` of a plan: ``rule(plan, e) -> batches``, made only from the
+#: plan's own data (seed, clusters, ...). Epoch 0 is always ``plan.batches``.
+EpochRule = Callable[["BatchPlan", int], np.ndarray]
+
+
+def _fixed(plan: BatchPlan, epoch: int) -> np.ndarray:
+    return plan.batches
+
+
+def _reshuffle(plan: BatchPlan, epoch: int) -> np.ndarray:
+    return reshuffle_epoch(
+        plan.n_samples,
+        plan.batch_size,
+        seed=int(plan.seed or 0),
+        epoch=epoch,
+        drop_last=plan.drop_last,
+    )
+
+
+def _regroup_clusters(plan: BatchPlan, epoch: int) -> np.ndarray:
+    if plan.clusters is None:
+        raise ValueError("epoch rule 'regroup_clusters' needs plan.clusters, which is None")
+    return regroup_clusters_epoch(
+        plan.clusters,
+        plan.batch_size,
+        seed=int(plan.seed or 0),
+        epoch=epoch,
+        cluster_groups=plan.cluster_groups,
+        drop_last=plan.drop_last,
+    )
+
+
+_EPOCH_RULES: dict[str, EpochRule] = {
+    # Re-planned from fresh embeddings each epoch (GCBS), or a plan that never changes.
+    "fixed": _fixed,
+    # A fresh seeded permutation per epoch (random).
+    "reshuffle": _reshuffle,
+    # Static clusters regrouped per epoch (B3).
+    "regroup_clusters": _regroup_clusters,
+}
+
+#: Epoch rule of a plan file that does not store one, by method name. Any other method's old
+#: file keeps its batches in every epoch, as the versions that wrote it did for a method they
+#: did not know.
+LEGACY_EPOCH_RULES = {"random": "reshuffle", "b3": "regroup_clusters", "gcbs": "fixed"}
+
+
+def register_epoch_rule(name: str, rule: EpochRule) -> EpochRule:
+    """Make ``rule`` available as ``BatchPlan.epoch_rule = name`` (for a new method whose
+    epochs follow none of the built-in rules). Returns ``rule``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an epoch rule needs a non-empty name, got {name!r}")
+    if not callable(rule):
+        raise ValueError(f"epoch rule {name!r} must be callable(plan, epoch)")
+    _EPOCH_RULES[name] = rule
+    return rule
+
+
+def epoch_rules() -> list[str]:
+    """Names of the known epoch rules."""
+    return sorted(_EPOCH_RULES)
+
+
+def check_epoch_rule(name: str) -> str:
+    """``name`` must be a known epoch rule (``ValueError`` naming the known ones)."""
+    if not isinstance(name, str) or name not in _EPOCH_RULES:
+        raise ValueError(f"unknown epoch rule {name!r}; known: {', '.join(epoch_rules())}")
+    return name
+
 
 #: Optional per-plan arrays that travel with the plan file.
 _ARRAY_FIELDS = ("order", "clusters", "hard_negatives", "cluster_groups", "duplicate_ids")
@@ -57,6 +136,12 @@ class BatchPlan:
     duplicate_ids : np.ndarray of shape (N,), optional
         Integer codes of the duplicate guard (:func:`hardbatch.batching.separate_duplicates`):
         no batch of any epoch holds two samples with the same code.
+    epoch_rule : str, optional
+        How :meth:`for_epoch` makes epoch ``e >= 1`` from the plan's data: ``"fixed"`` (the
+        same batches; GCBS, re-planned from fresh embeddings instead), ``"reshuffle"`` (a
+        permutation from ``(seed, e)``; random), ``"regroup_clusters"`` (:attr:`clusters`
+        regrouped with ``(seed, e)``; B3), or one added by :func:`register_epoch_rule`.
+        Stored in the plan file.
     """
 
     batches: np.ndarray
@@ -72,9 +157,13 @@ class BatchPlan:
     hard_negatives: np.ndarray | None = None
     cluster_groups: np.ndarray | None = None
     duplicate_ids: np.ndarray | None = None
+    epoch_rule: str | None = None
 
     def __post_init__(self) -> None:
         self.batches = np.asarray(self.batches, dtype=np.int64)
+        if self.epoch_rule is None:
+            # A plan built by hand keeps the epoch behaviour of its built-in method.
+            self.epoch_rule = LEGACY_EPOCH_RULES.get(self.method, "fixed")
 
     # ------------------------------------------------------------------ access
     @property
@@ -104,23 +193,19 @@ class BatchPlan:
         return iter_rows(self.batches)
 
     def for_epoch(self, epoch: int) -> np.ndarray:
-        """Batches of epoch ``epoch`` under the method's rule.
+        """Batches of epoch ``epoch`` under the plan's :attr:`epoch_rule`.
 
-        Methods that plan once per epoch from fresh embeddings (GCBS) return :attr:`batches`
-        for every epoch; the random baseline reshuffles with ``seed + epoch``; cluster methods
-        regroup their static clusters. Epoch 0 is always :attr:`batches`.
+        Epoch 0 is always :attr:`batches`. With :attr:`duplicate_ids` the guard is applied to
+        every epoch the rule changes. An unknown rule is a ``ValueError``.
         """
-        from .methods import get_method  # the registry imports this module
-
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise ValueError(f"epoch must be an integer, got {epoch!r}")
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
+        rule = _EPOCH_RULES[check_epoch_rule(self.epoch_rule)]
         if epoch == 0:
             return self.batches
-        try:
-            cls = get_method(self.method)
-        except ValueError:
-            return self.batches  # a method this version does not know: keep its batches
-        batches = cls.epoch_batches(self, epoch)
+        batches = rule(self, int(epoch))
         if self.duplicate_ids is not None and batches is not self.batches:
             # The guard holds in every epoch, not only in the planned one.
             batches, _ = separate_duplicates(
@@ -215,6 +300,7 @@ class BatchPlan:
             "batch_size": self.batch_size,
             "seed": self.seed,
             "drop_last": self.drop_last,
+            "epoch_rule": self.epoch_rule,
             "params": self.params,
             "info": self.info,
         }
@@ -292,6 +378,7 @@ class BatchPlan:
             drop_last=bool(meta.get("drop_last", False)),
             params=meta.get("params", {}),
             info=meta.get("info", {}),
+            epoch_rule=meta.get("epoch_rule"),
             **{name: contents[name] for name in _ARRAY_FIELDS if name in contents},
         )
         return plan.validate()
@@ -300,5 +387,5 @@ class BatchPlan:
         return (
             f"BatchPlan(method={self.method!r}, n_samples={self.n_samples}, "
             f"batch_size={self.batch_size}, n_batches={self.n_batches}, seed={self.seed}, "
-            f"drop_last={self.drop_last})"
+            f"drop_last={self.drop_last}, epoch_rule={self.epoch_rule!r})"
         )

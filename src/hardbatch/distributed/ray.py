@@ -10,11 +10,13 @@
 2. **Per-shard planning.** Every shard's rows go to the Ray object store once
    (``ray.put``; float16 stays float16) and one Ray task per shard runs
    :func:`hardbatch.plan` with the same method, parameters and seed, ``drop_last=False``.
-   GCBS's ``quantile`` is rescaled per shard so that a row keeps the same expected number of
-   pairs as in the whole data (a quantile of a shard's pairs would keep N_s/N as many: at
-   N = 20k in 4 shards the loss gap went from 0.085 (whole) to 0.336 without this).
-3. **Merge** into one :class:`~hardbatch.plans.BatchPlan` of the same method, so that every
-   sample appears exactly once per epoch (or the ``drop_last`` rule holds globally):
+   The method rescales its parameters for a shard (:meth:`hardbatch.Planner.shard_params`):
+   GCBS's ``quantile`` so that a row keeps the same expected number of pairs as in the whole
+   data (a quantile of a shard's pairs would keep N_s/N as many: at N = 20k in 4 shards the
+   loss gap went from 0.085 (whole) to 0.336 without this).
+3. **Merge** into one :class:`~hardbatch.plans.BatchPlan` of the same method by the method's
+   :meth:`hardbatch.Planner.merge_shards`, so that every sample appears exactly once per
+   epoch (or the ``drop_last`` rule holds globally):
 
    * cluster methods (B3): the full clusters of all shards (global ids) are kept; the members of
      the shards' short last clusters are pooled (shard order) and cut into clusters of ``K``,
@@ -48,11 +50,12 @@ from typing import Any
 import numpy as np
 
 from .._torch import normalized_rows, resolve_device
-from ..batching import PAD, cut_order, epoch_rng, group_clusters
+from ..api import plan
 from ..methods import get_method
 from ..plans import BatchPlan
-from ..similarity.approximate import exact_rows_top_k, seeded_kmeans
-from ..similarity.exact import _inv_norms
+from ..similarity._common import inv_norms
+from ..similarity.approximate import seeded_kmeans
+from ..similarity.exact import exact_rows_top_k
 from ..validation import ArrayLike, check_batch_size, check_pair, check_positive_int, check_seed
 
 #: Rows per block when assigning samples to shard centroids.
@@ -96,7 +99,7 @@ def coarse_shards(
     if n_shards == 1:
         return np.zeros(n, dtype=np.int64)
     dev = resolve_device("cpu")
-    inv = _inv_norms(norms, metric)
+    inv = inv_norms(norms, metric)
     rng = np.random.default_rng(seed)
     train_rows = np.sort(rng.choice(n, size=min(n, 256 * n_shards), replace=False))
     train = normalized_rows(targets, train_rows, inv, dev).numpy()
@@ -179,19 +182,13 @@ def border_edge_fraction(
     return float(np.mean(shard_of[top] != shard_of[rows][:, None]))
 
 
-def _plan_shard(method: str, queries, targets, batch_size: int, seed: int, params: dict):
-    """One shard's plan (runs as a Ray task); returns the arrays the merge needs."""
-    import hardbatch
-
-    plan = hardbatch.plan(
+def _plan_shard(
+    method: str, queries, targets, batch_size: int, seed: int, params: dict
+) -> BatchPlan:
+    """One shard's plan in the shard's local ids (runs as a Ray task)."""
+    return plan(
         method, queries, targets, batch_size=batch_size, seed=seed, drop_last=False, **params
     )
-    return {
-        "batches": plan.batches,
-        "clusters": plan.clusters,
-        "hard_negatives": plan.hard_negatives,
-        "info": plan.info,
-    }
 
 
 def plan_on_ray(
@@ -286,7 +283,7 @@ def plan_on_ray(
             ray.put(np.asarray(targets[idx])),
             batch_size,
             seed,
-            _shard_params(planner, method_params, n, idx.size),
+            planner.shard_params(method_params, n_samples=n, shard_samples=int(idx.size)),
         )
         for idx in members
     ]
@@ -294,15 +291,14 @@ def plan_on_ray(
     seconds["shard_plans"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    plan = _merge(planner, results, members, n, batch_size, seed, bool(drop_last))
+    merged = planner.merge_shards(results, members, n=n, seed=seed)
     seconds["merge"] = time.perf_counter() - tick
     sharded = {
         "n_shards": len(members),
         "shard_size": shard_size,
         "shard_sizes": [int(m.size) for m in members],
         "shards": [
-            {"seconds": r["info"].get("seconds"), "search": r["info"].get("search")}
-            for r in results
+            {"seconds": r.info.get("seconds"), "search": r.info.get("search")} for r in results
         ],
     }
     if border_rows and len(members) > 1:
@@ -313,55 +309,5 @@ def plan_on_ray(
         )  # fmt: skip
         sharded["border_k"] = int(border_k)
         seconds["border"] = time.perf_counter() - tick
-    plan.info = {"sharded": sharded, "seconds": seconds}
-    return plan.validate()
-
-
-def _shard_params(planner, method_params: dict, n: int, n_shard: int) -> dict:
-    """Method parameters of one shard.
-
-    GCBS's quantile is relative to N (``1 - q`` of the ``N - 1`` pairs of a row are kept): a
-    shard keeps the same expected number of pairs per row, ``(1 - q)·(N - 1)``, so its quantile
-    is ``1 - (1 - q)·(N - 1)/(N_s - 1)``. Everything else is passed as given.
-    """
-    params = dict(method_params)
-    if planner.name == "gcbs" and getattr(planner, "top_k", None) is None:
-        kept = (1.0 - float(planner.quantile)) * (n - 1)
-        params["quantile"] = min(max(1.0 - kept / max(n_shard - 1, 1), 1e-6), 1.0 - 1e-9)
-    return params
-
-
-def _merge(planner, results, members, n, batch_size, seed, drop_last) -> BatchPlan:
-    """One plan from the shard plans (see the module docstring for the leftover rule)."""
-    if results[0]["clusters"] is not None:
-        full, pool = [], []
-        for res, idx in zip(results, members, strict=True):
-            clusters = res["clusters"]
-            is_full = (clusters != PAD).all(axis=1)
-            full.append(idx[clusters[is_full]])
-            short = clusters[~is_full]
-            pool.append(idx[short[short != PAD]])
-        k = full[0].shape[1] if full else results[0]["clusters"].shape[1]
-        pooled = cut_order(np.concatenate(pool), k, drop_last=False) if any(
-            p.size for p in pool
-        ) else np.empty((0, k), dtype=np.int64)  # fmt: skip
-        clusters = np.vstack([*full, pooled])
-        batches = group_clusters(clusters, batch_size, rng=epoch_rng(seed, 0), drop_last=drop_last)
-        negatives = None
-        if results[0]["hard_negatives"] is not None:
-            negatives = np.empty((n, results[0]["hard_negatives"].shape[1]), dtype=np.int64)
-            for res, idx in zip(results, members, strict=True):
-                negatives[idx] = idx[res["hard_negatives"]]
-        return planner._make_plan(
-            batches, n=n, seed=seed, clusters=clusters, hard_negatives=negatives
-        )
-    full, pool = [], []
-    for res, idx in zip(results, members, strict=True):
-        b = res["batches"]
-        is_full = (b != PAD).all(axis=1)
-        full.append(idx[b[is_full]].ravel())
-        rest = b[~is_full]
-        pool.append(idx[rest[rest != PAD]])
-    order = np.concatenate([*full, *pool])
-    batches = cut_order(order, batch_size, drop_last=drop_last)
-    return planner._make_plan(batches, n=n, seed=seed, order=order)
+    merged.info = {"sharded": sharded, "seconds": seconds}
+    return merged.validate()

@@ -2,7 +2,8 @@
 
 Stages (teacher embeddings in, static clusters out, batches regrouped every epoch):
 
-1. exact top-``(p + m)`` teacher ranks (:func:`hardbatch.similarity.top_ranks`);
+1. top-``(p + m)`` teacher ranks (:func:`hardbatch.similarity.search_neighbours`, exact or
+   FAISS);
 2. rank-window graph, windows ``[p, p + m)`` joined mutually
    (:func:`hardbatch.similarity.window_graph`);
 3. METIS (or Leiden) partition into ``ceil(N / K)`` parts
@@ -27,24 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batching import PAD, epoch_rng, group_clusters, sample_codes
+from ..batching import PAD, merge_shard_clusters, regroup_clusters_epoch, sample_codes
 from ..negatives import HARD_NEGATIVE_DEPTH, cluster_hard_negatives, label_hard_negatives
 from ..plans import BatchPlan
 from ..similarity import (
-    SimilarityBlocks,
+    SearchSettings,
     check_label_fraction,
     check_window,
     label_embeddings,
     label_ranks,
     label_window_graph,
-    top_ranks,
+    search_neighbours,
     window_graph,
-)
-from ..similarity.approximate import (
-    check_backend,
-    neighbour_recall,
-    neighbours,
-    resolve_backend,
 )
 from ..structure import PARTITIONERS, check_cluster_size, equalize_parts, partition_graph
 from ..validation import check_positive_int
@@ -97,7 +92,7 @@ class B3(Planner):
     progress : bool or None
         Progress bars (``None``: only when the work takes seconds).
     backend : {"auto", "exact", "faiss"}
-        Teacher rank search (:mod:`hardbatch.similarity.approximate`): ``"auto"`` is exact
+        Teacher rank search (:mod:`hardbatch.similarity.search`): ``"auto"`` is exact
         while ``N·N·d <= 1e12``, else FAISS IVF (approximate top-``(p + m)`` ranks).
     recall_rows : int
         With FAISS: query rows sampled to measure recall@(p+m) against the exact search
@@ -121,6 +116,7 @@ class B3(Planner):
     """
 
     name = "b3"
+    epoch_rule = "regroup_clusters"
     fit_params = ("labels", "groups")
     cli_aliases = {"p": ["-p"], "m": ["-m"]}
     param_help = {
@@ -174,7 +170,8 @@ class B3(Planner):
         self.recall_rows = recall_rows
 
     # ------------------------------------------------------------------ checks
-    def _check_params(self, batch_size: int) -> int:
+    def _check_params(self, batch_size: int) -> tuple[int, SearchSettings]:
+        """Cluster size K and the teacher search settings, after checking every parameter."""
         k = check_cluster_size(self.cluster_size)
         if batch_size % k:
             raise ValueError(
@@ -184,21 +181,28 @@ class B3(Planner):
         check_positive_int(self.p, "p", minimum=0)
         check_positive_int(self.m, "m")
         check_positive_int(self.hard_negatives, "hard_negatives", minimum=0)
-        check_backend(self.backend)
-        check_positive_int(self.recall_rows, "recall_rows", minimum=0)
+        settings = SearchSettings(
+            backend=self.backend,
+            metric=self.metric,
+            device=self.device,
+            block_rows=self.block_rows,
+            progress=self.progress,
+            recall_rows=self.recall_rows,
+        )
         if self.partitioner not in ("auto", *PARTITIONERS):
             raise ValueError(
                 f"partitioner must be one of {('auto', *PARTITIONERS)}, got {self.partitioner!r}"
             )
         if not isinstance(self.mutual, (bool, np.bool_)):
             raise ValueError(f"mutual must be True or False, got {self.mutual!r}")
-        return k
+        return k, settings
 
     # ------------------------------------------------------------------ planning
     def _plan(
         self, queries, targets, *, n, batch_size, seed, norms, labels=None, groups=None
     ) -> BatchPlan:
-        k = self._check_params(batch_size)
+        """Ranks → graph → partition → clusters per group, then epoch-0 batches."""
+        k, settings = self._check_params(batch_size)
         label_codes = None if labels is None else sample_codes(labels, n, "labels")
         group_codes = None if groups is None else sample_codes(groups, n, "groups")
         subsets = (
@@ -216,7 +220,7 @@ class B3(Planner):
         all_clusters, cluster_groups, parts, stats = [], [], [], []
         for g, idx in enumerate(subsets):
             clusters, negatives, part, stat = self._one_group(
-                queries, targets, idx, n, k, seed, norms, label_codes, neg_rng, seconds
+                queries, targets, idx, n, k, seed, norms, settings, label_codes, neg_rng, seconds
             )
             all_clusters.append(clusters)
             cluster_groups.append(np.full(len(clusters), g, dtype=np.int64))
@@ -233,10 +237,11 @@ class B3(Planner):
             clusters, groups_of_clusters = clusters[short_last], groups_of_clusters[short_last]
 
         tick = time.perf_counter()
-        batches = group_clusters(
+        batches = regroup_clusters_epoch(
             clusters,
             batch_size,
-            rng=epoch_rng(seed, 0),
+            seed=seed,
+            epoch=0,
             cluster_groups=groups_of_clusters,
             drop_last=bool(self.drop_last),
         )
@@ -262,7 +267,9 @@ class B3(Planner):
             info=info,
         )
 
-    def _one_group(self, queries, targets, idx, n, k, seed, norms, label_codes, neg_rng, seconds):
+    def _one_group(
+        self, queries, targets, idx, n, k, seed, norms, settings, label_codes, neg_rng, seconds
+    ):
         """Ranks → graph → partition → clusters (→ hard negatives) of one dataset."""
         n_g = n if idx is None else idx.size
         where = "" if idx is None else f" (in the group of sample {int(idx[0])})"
@@ -279,31 +286,10 @@ class B3(Planner):
                 raise ValueError(f"{exc}{where}") from None
             depth = 0 if not self.hard_negatives else self.p + HARD_NEGATIVE_DEPTH
             width = min(max(p + m, depth), n_g - 1)
-            backend = resolve_backend(self.backend, n_g, int(q.shape[1]), self.device)
-            search = {"backend": backend}
-            if backend == "faiss":
-                ranks, _ = neighbours(
-                    q, t, width, backend="faiss", metric=self.metric, seed=seed,
-                    device=self.device, progress=self.progress, norms=(q_norms, t_norms),
-                )  # fmt: skip
-                if self.recall_rows:
-                    search["recall"] = neighbour_recall(
-                        q, t, ranks, n_rows=self.recall_rows, seed=seed, metric=self.metric,
-                        device=self.device, norms=(q_norms, t_norms),
-                    )  # fmt: skip
-                    search["recall_rows"] = int(min(self.recall_rows, n_g))
-            else:
-                blocks = SimilarityBlocks(
-                    q,
-                    t,
-                    metric=self.metric,
-                    device=self.device,
-                    block_rows=self.block_rows,
-                    norms=(q_norms, t_norms),
-                )
-                ranks = top_ranks(q, t, width, progress=self.progress, blocks=blocks)
-                del blocks
-                _free_device_cache()
+            found = search_neighbours(q, t, width, settings, seed=seed, norms=(q_norms, t_norms))
+            ranks, search = found.ids, found.info
+            del found
+            _free_device_cache()
             seconds["search"] += time.perf_counter() - tick
             tick = time.perf_counter()
             graph = window_graph(ranks, p, m, mutual=bool(self.mutual))
@@ -370,19 +356,24 @@ class B3(Planner):
         clusters = local if idx is None else np.where(local == PAD, PAD, idx[local])
         return clusters, negatives, part, stat
 
-    # ------------------------------------------------------------------ epochs
-    @classmethod
-    def epoch_batches(cls, plan: BatchPlan, epoch: int) -> np.ndarray:
-        """The static clusters regrouped with ``(seed, epoch)``."""
-        if plan.clusters is None:
-            return plan.batches
-        return group_clusters(
-            plan.clusters,
-            plan.batch_size,
-            rng=epoch_rng(int(plan.seed or 0), epoch),
-            cluster_groups=plan.cluster_groups,
-            drop_last=plan.drop_last,
+    # ------------------------------------------------------------------ shards
+    def merge_shards(self, shard_plans, members, *, n, seed) -> BatchPlan:
+        """Full clusters of every shard, the shards' short clusters pooled and re-cut
+        (:func:`hardbatch.batching.merge_shard_clusters`), hard negatives mapped to global
+        ids; ``for_epoch`` then regroups the merged clusters like any B3 plan."""
+        clusters, batches = merge_shard_clusters(
+            [p.clusters for p in shard_plans],
+            list(members),
+            int(self.batch_size),
+            seed=seed,
+            drop_last=bool(self.drop_last),
         )
+        negatives = None
+        if shard_plans[0].hard_negatives is not None:
+            negatives = np.empty((n, shard_plans[0].hard_negatives.shape[1]), dtype=np.int64)
+            for shard, idx in zip(shard_plans, members, strict=True):
+                negatives[idx] = idx[shard.hard_negatives]
+        return self._make_plan(batches, n=n, seed=seed, clusters=clusters, hard_negatives=negatives)
 
 
 def _take_rows(a: Any, idx: np.ndarray) -> Any:

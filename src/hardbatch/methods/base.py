@@ -1,15 +1,22 @@
-"""The base of every batching method and the method registry."""
+"""The base of every batching method and the method registry.
+
+A method is a small class: parameters stored in ``__init__``, the contract declared as class
+attributes and hooks, the work in :meth:`Planner._plan`. :meth:`Planner.fit` is the fixed
+template around it (check the inputs → ``_plan`` → duplicate guard → validate), like
+pytorch-metric-learning's ``BaseMiner.forward`` around ``mine``.
+"""
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from ..batching import guard_rng, sample_codes, separate_duplicates
-from ..plans import BatchPlan
+from ..batching import guard_rng, merge_shard_orders, sample_codes, separate_duplicates
+from ..plans import BatchPlan, check_epoch_rule
 from ..validation import ArrayLike, check_batch_size, check_pair, check_seed, n_rows
 
 _REGISTRY: dict[str, type[Planner]] = {}
@@ -31,6 +38,12 @@ class Planner:
     attributes). Subclasses implement :meth:`_plan` as a short composition of the shared
     stages (:mod:`hardbatch.similarity`, :mod:`hardbatch.structure`, :mod:`hardbatch.batching`)
     and register with :func:`register_method`.
+
+    The contract a subclass declares (read by the sampler, the CLI and Ray planning; never
+    inferred): :attr:`name`, :attr:`uses_embeddings`, :attr:`fit_params`,
+    :attr:`replans_each_epoch`, :attr:`epoch_rule`, :attr:`cli_aliases`, :attr:`param_help`,
+    and the hooks :meth:`shard_params` (parameters of one shard) and :meth:`merge_shards`
+    (one plan from shard plans).
 
     Parameters
     ----------
@@ -56,6 +69,10 @@ class Planner:
     #: False for methods whose one plan varies per epoch by its own rule (``random``
     #: reshuffles, ``b3`` regroups static clusters): refresh policies read this, never guess.
     replans_each_epoch: ClassVar[bool] = False
+    #: How a plan of this method yields epoch ``e >= 1`` (stored in ``BatchPlan.epoch_rule``;
+    #: see :mod:`hardbatch.plans`): ``"fixed"``, ``"reshuffle"``, ``"regroup_clusters"``, or a
+    #: rule added with :func:`hardbatch.plans.register_epoch_rule`.
+    epoch_rule: ClassVar[str] = "fixed"
     #: Extra option strings of ``hardbatch plan`` per parameter (e.g. ``{"p": ["-p"]}``).
     cli_aliases: ClassVar[dict[str, list[str]]] = {}
 
@@ -116,6 +133,21 @@ class Planner:
         -------
         self
         """
+        n, norms, batch_size, seed, codes, data = self._check_fit(
+            queries, targets, n_samples, duplicate_ids, fit_data
+        )
+        start = time.perf_counter()
+        plan = self._plan(
+            queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms, **data
+        )
+        if codes is not None:
+            self._guard(plan, codes, seed)
+        plan.info.setdefault("seconds", {})["total"] = time.perf_counter() - start
+        self.plan_ = plan.validate()
+        return self
+
+    def _check_fit(self, queries, targets, n_samples, duplicate_ids, fit_data):
+        """The checked inputs of :meth:`fit`: ``(n, norms, batch_size, seed, codes, data)``."""
         norms = None
         if self.uses_embeddings:
             if queries is None or targets is None:
@@ -140,24 +172,21 @@ class Planner:
             )
         codes = None if duplicate_ids is None else sample_codes(duplicate_ids, n)
         data = {k: v for k, v in fit_data.items() if v is not None}
-        start = time.perf_counter()
-        plan = self._plan(
-            queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms, **data
+        return n, norms, batch_size, seed, codes, data
+
+    @staticmethod
+    def _guard(plan: BatchPlan, codes: np.ndarray, seed: int) -> None:
+        """Apply the duplicate guard to the planned epoch, in place."""
+        tick = time.perf_counter()
+        plan.batches, n_swaps = separate_duplicates(
+            plan.batches, codes, rng=guard_rng(seed, 0), sample_groups=plan.sample_groups
         )
-        if codes is not None:
-            tick = time.perf_counter()
-            plan.batches, n_swaps = separate_duplicates(
-                plan.batches, codes, rng=guard_rng(seed, 0), sample_groups=plan.sample_groups
-            )
-            plan.duplicate_ids = codes
-            plan.info["duplicate_guard"] = {
-                "swaps": n_swaps,
-                "distinct_ids": int(codes.max()) + 1 if codes.size else 0,
-            }
-            plan.info.setdefault("seconds", {})["duplicate_guard"] = time.perf_counter() - tick
-        plan.info.setdefault("seconds", {})["total"] = time.perf_counter() - start
-        self.plan_ = plan.validate()
-        return self
+        plan.duplicate_ids = codes
+        plan.info["duplicate_guard"] = {
+            "swaps": n_swaps,
+            "distinct_ids": int(codes.max()) + 1 if codes.size else 0,
+        }
+        plan.info.setdefault("seconds", {})["duplicate_guard"] = time.perf_counter() - tick
 
     @staticmethod
     def _count(queries: Any, targets: Any, n_samples: int | None) -> int:
@@ -189,11 +218,18 @@ class Planner:
         batch_size: int,
         seed: int,
         norms: tuple[np.ndarray, np.ndarray] | None,
+        **fit_data: Any,
     ) -> BatchPlan:
+        """The method's stages; returns the plan of epoch 0 (before the duplicate guard).
+
+        Called by :meth:`fit` with checked inputs: ``n`` rows, a checked ``batch_size``, an
+        integer ``seed``, the row ``norms`` of queries and targets (``None`` when the method
+        reads no embeddings), and the non-``None`` per-sample arrays of :attr:`fit_params`.
+        """
         raise NotImplementedError
 
     def _make_plan(self, batches: np.ndarray, *, n: int, seed: int, **extra: Any) -> BatchPlan:
-        """A :class:`BatchPlan` carrying this method's name and parameters."""
+        """A :class:`BatchPlan` carrying this method's name, parameters and epoch rule."""
         return BatchPlan(
             batches=batches,
             method=self.name,
@@ -202,13 +238,39 @@ class Planner:
             seed=seed,
             drop_last=bool(self.drop_last),
             params=self.method_params(),
+            epoch_rule=self.epoch_rule,
             **extra,
         )
 
-    @classmethod
-    def epoch_batches(cls, plan: BatchPlan, epoch: int) -> np.ndarray:
-        """Batches of ``epoch`` for a plan made by this method (default: unchanged)."""
-        return plan.batches
+    # ---------------------------------------------------------------- sharded planning
+    def shard_params(
+        self, params: dict[str, Any], *, n_samples: int, shard_samples: int
+    ) -> dict[str, Any]:
+        """Method parameters for planning one shard of ``shard_samples`` of the
+        ``n_samples`` rows (:func:`hardbatch.distributed.plan_on_ray`).
+
+        ``params`` are the parameters as the caller gave them; the default passes them
+        unchanged. A method whose parameters are relative to N rescales them here.
+        """
+        return dict(params)
+
+    def merge_shards(
+        self, shard_plans: Sequence[BatchPlan], members: Sequence[np.ndarray], *, n: int, seed: int
+    ) -> BatchPlan:
+        """One plan of all ``n`` samples from per-shard plans (local ids; ``members[s]`` maps
+        shard ``s``'s local ids to global ids), with this planner's ``batch_size`` and
+        ``drop_last``.
+
+        Default (ordering methods): the full batches of every shard in shard order, then the
+        pooled leftovers (:func:`hardbatch.batching.merge_shard_orders`).
+        """
+        order, batches = merge_shard_orders(
+            [p.batches for p in shard_plans],
+            list(members),
+            int(self.batch_size),
+            drop_last=bool(self.drop_last),
+        )
+        return self._make_plan(batches, n=n, seed=seed, order=order)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -219,6 +281,7 @@ def register_method(cls: P) -> P:
     """Class decorator: make a :class:`Planner` available as ``hardbatch.plan(cls.name)``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered")
+    check_epoch_rule(cls.epoch_rule)
     _REGISTRY[cls.name] = cls
     return cls
 

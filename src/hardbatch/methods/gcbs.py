@@ -17,24 +17,22 @@ from tqdm.auto import tqdm
 from ..batching import cut_order
 from ..plans import BatchPlan
 from ..similarity import (
+    SearchSettings,
     SimilarityBlocks,
     estimate_threshold,
-    knn_graph,
+    neighbour_graph,
+    search_neighbours,
     symmetrize,
     threshold_graph,
 )
-from ..similarity.approximate import (
-    QUANTILE_ROW_CAP,
-    check_backend,
-    neighbour_graph,
-    neighbour_recall,
-    neighbours,
-    resolve_backend,
-)
-from ..similarity.exact import show_progress
+from ..similarity._common import show_progress
 from ..structure import bandwidth, rcm_order
 from ..validation import check_fraction, check_positive_int
 from .base import Planner, register_method
+
+#: The quantile rule with FAISS keeps at most this many approximate neighbours per row (the
+#: exact rule has no per-row bound).
+QUANTILE_ROW_CAP = 128
 
 
 @register_method
@@ -68,7 +66,7 @@ class GCBS(Planner):
     progress : bool or None
         Progress bars (``None``: only when the work takes seconds).
     backend : {"auto", "exact", "faiss"}
-        Neighbour search (:mod:`hardbatch.similarity.approximate`): ``"auto"`` is exact while
+        Neighbour search (:mod:`hardbatch.similarity.search`): ``"auto"`` is exact while
         ``N·N·d <= 1e12``, else FAISS IVF. With FAISS the quantile rule becomes approximate:
         every row keeps its ``min(ceil((1 - quantile)·(N - 1)), 128)`` approximate nearest
         targets that lie above the (same, sampled) threshold; a row with more pairs above the
@@ -135,14 +133,19 @@ class GCBS(Planner):
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
         tick = time.perf_counter()
-        check_backend(self.backend)
-        check_positive_int(self.recall_rows, "recall_rows", minimum=0)
-        backend = resolve_backend(self.backend, n, int(queries.shape[1]), self.device)
-        search = {"backend": backend}
-        if backend == "faiss":
-            graph = self._approximate_graph(queries, targets, n, seed, norms, search)
+        settings = SearchSettings(
+            backend=self.backend,
+            metric=self.metric,
+            device=self.device,
+            block_rows=self.block_rows,
+            progress=self.progress,
+            recall_rows=self.recall_rows,
+        ).resolved(n, int(queries.shape[1]))
+        search = {"backend": settings.backend}
+        if settings.backend == "exact" and self.top_k is None:
+            graph = self._threshold_graph(queries, targets, seed, norms)
         else:
-            graph = self._exact_graph(queries, targets, seed, norms)
+            graph = self._neighbour_graph(queries, targets, n, seed, norms, settings, search)
         seconds["similarity"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -178,6 +181,18 @@ class GCBS(Planner):
         }
         return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
 
+    def shard_params(self, params, *, n_samples, shard_samples):
+        """The quantile is relative to N (``1 - q`` of the ``N - 1`` pairs of a row are kept):
+        a shard keeps the same expected number of pairs per row, ``(1 - q)·(N - 1)``, so its
+        quantile is ``1 - (1 - q)·(N - 1)/(N_s - 1)`` (a quantile of a shard's own pairs would
+        keep ``N_s/N`` as many). The top-k rule is per row already and passes unchanged."""
+        params = dict(params)
+        if self.top_k is None:
+            kept = (1.0 - float(self.quantile)) * (n_samples - 1)
+            quantile = 1.0 - kept / max(shard_samples - 1, 1)
+            params["quantile"] = min(max(quantile, 1e-6), 1.0 - 1e-9)
+        return params
+
     def _threshold(self, queries, targets, seed, norms) -> float:
         """The quantile rule's similarity threshold, from the seeded pair sample."""
         check_fraction(self.quantile, "quantile")
@@ -192,8 +207,8 @@ class GCBS(Planner):
             norms=norms,
         )
 
-    def _exact_graph(self, queries, targets, seed, norms):
-        """Blocked exact search: threshold graph (quantile rule) or top-k graph."""
+    def _threshold_graph(self, queries, targets, seed, norms):
+        """The exact quantile rule: every pair above the sampled threshold (blocked matmul)."""
         blocks = SimilarityBlocks(
             queries,
             targets,
@@ -202,52 +217,38 @@ class GCBS(Planner):
             block_rows=self.block_rows,
             norms=norms,
         )
-        if self.top_k is None:
-            self.threshold_ = self._threshold(queries, targets, seed, norms)
-            graph = threshold_graph(
-                queries,
-                targets,
-                self.threshold_,
-                values=False,
-                max_edges=self.max_edges,
-                progress=self.progress,
-                blocks=blocks,
-            )
-        else:
-            self.threshold_ = None
-            k = check_positive_int(self.top_k, "top_k")
-            graph = knn_graph(
-                queries, targets, k, values=False, progress=self.progress, blocks=blocks
-            )
+        self.threshold_ = self._threshold(queries, targets, seed, norms)
+        graph = threshold_graph(
+            queries,
+            targets,
+            self.threshold_,
+            values=False,
+            max_edges=self.max_edges,
+            progress=self.progress,
+            blocks=blocks,
+        )
         del blocks
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _free_device_cache()
         return graph
 
-    def _approximate_graph(self, queries, targets, n, seed, norms, search):
-        """FAISS IVF neighbours, then the top-k rule or the capped quantile rule."""
+    def _neighbour_graph(self, queries, targets, n, seed, norms, settings, search):
+        """Per-row neighbours (exact or FAISS), then the top-k rule or the capped quantile
+        rule (FAISS only: the exact quantile rule has no per-row bound)."""
         if self.top_k is None:
             self.threshold_ = self._threshold(queries, targets, seed, norms)
             k = min(max(1, math.ceil((1.0 - self.quantile) * (n - 1))), QUANTILE_ROW_CAP, n - 1)
         else:
             self.threshold_ = None
             k = check_positive_int(self.top_k, "top_k")
-        ids, sims = neighbours(
-            queries,
-            targets,
-            k,
-            backend="faiss",
-            metric=self.metric,
-            seed=seed,
-            device=self.device,
-            progress=self.progress,
-            norms=norms,
-        )
-        if self.recall_rows:
-            search["recall"] = neighbour_recall(
-                queries, targets, ids, n_rows=self.recall_rows, seed=seed,
-                metric=self.metric, device=self.device, norms=norms,
-            )  # fmt: skip
-            search["recall_rows"] = int(min(self.recall_rows, n))
-        search["k"] = int(k)
-        return neighbour_graph(ids, sims, threshold=self.threshold_, values=False)
+        found = search_neighbours(queries, targets, k, settings, seed=seed, norms=norms)
+        search.update(found.info)
+        if settings.backend == "faiss":
+            search["k"] = int(k)
+        else:
+            _free_device_cache()
+        return neighbour_graph(found.ids, found.sims, threshold=self.threshold_, values=False)
+
+
+def _free_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,36 +1,27 @@
-"""Per-row top-k neighbours, exact or approximate, behind one dispatch: :func:`neighbours`.
+"""Approximate per-row top-k neighbours: an inverted-file (IVF) search with FAISS k-means.
 
-Every method that searches neighbours (GCBS's top-k / quantile rows, B3's rank windows) asks
-:func:`neighbours` for the ``k`` most similar targets of every query (its own positive
-excluded), best first. ``backend`` picks how:
+The ``"faiss"`` backend of :func:`hardbatch.similarity.search.search_neighbours` (optional extra
+``hardbatch[faiss]``); :func:`ivf_neighbours` does:
 
-* ``"exact"`` — the blocked ``X·Yᵀ`` matmul of :class:`~hardbatch.similarity.SimilarityBlocks`
-  plus ``torch.topk``: ``N·N·d`` multiply-adds (1.5e15 at N = 1M, d = 768: hours on a CPU).
-* ``"faiss"`` — an inverted-file (IVF) search with *list-level probing* (optional extra
-  ``hardbatch[faiss]``):
+1. a seeded PCA to ``pca_dim`` (128) dimensions, fitted on a sample of targets;
+2. FAISS k-means (``faiss.Kmeans``, seeded, on one thread so the result does not depend
+   on the thread count; :func:`seeded_kmeans`) of a sample of projected
+   targets into ``n_lists`` lists (default ``2·sqrt(N)``); every target and every query is
+   assigned to its nearest centroid in the projected space (blocked matmul);
+3. for each list ``c``: its queries are scored *exactly* (full dimension, float32) against the
+   targets of the ``n_probe`` lists whose centroids are nearest to centroid ``c`` (more lists
+   are added until there are ``max(16·k, 2048)`` candidates: near-ties at deep ranks need
+   them), one BLAS matmul per list, then
+   ``torch.topk``.
 
-  1. a seeded PCA to ``pca_dim`` (128) dimensions, fitted on a sample of targets;
-  2. FAISS k-means (``faiss.Kmeans``, seeded, on one thread so the result does not depend
-     on the thread count) of a sample of projected
-     targets into ``n_lists`` lists (default ``2·sqrt(N)``); every target and every query is
-     assigned to its nearest centroid in the projected space (blocked matmul);
-  3. for each list ``c``: its queries are scored *exactly* (full dimension, float32) against the
-     targets of the ``n_probe`` lists whose centroids are nearest to centroid ``c`` (more lists
-     are added until there are ``max(16·k, 2048)`` candidates: near-ties at deep ranks need
-     them), one BLAS matmul per list, then
-     ``torch.topk``.
-
-  Cost ``N·(2·n_lists·pca_dim + n_probe·N/n_lists·d)``, about 2e12 at N = 1M (a few minutes
-  on 2 cores) instead of 1.5e15. Why not ``faiss.IndexIVFFlat``: its per-query scan ran at
-  ~2e9 multiply-adds/s on this 2-core machine (1500 s for 1M queries at the same recall), the
-  per-list matmul at ~2e10. Probing per list (the probe set is shared by all queries of a list)
-  instead of per query loses a little recall at list borders; ``n_probe`` buys it back.
-  Memory: one float32 copy of the normalised targets sorted by list (``4·N·d`` bytes, as the
-  exact path), the ``(N, k)`` result, and ``O(N·pca_dim)`` for the projections; inputs
-  (float16 / ``.npy`` memmaps) are read in row blocks.
-* ``"auto"`` — ``"exact"`` while the exact work ``N·N·d`` is at most :data:`AUTO_EXACT_WORK`
-  (1e12 multiply-adds, about 30-60 s on a 2-core CPU; ×100 with CUDA), else ``"faiss"`` when
-  FAISS is importable, else ``"exact"`` with a warning.
+Cost ``N·(2·n_lists·pca_dim + n_probe·N/n_lists·d)``, about 2e12 at N = 1M (a few minutes
+on 2 cores) instead of the exact ``N·N·d`` = 1.5e15. Why not ``faiss.IndexIVFFlat``: its
+per-query scan ran at ~2e9 multiply-adds/s on this 2-core machine (1500 s for 1M queries at the
+same recall), the per-list matmul at ~2e10. Probing per list (the probe set is shared by all
+queries of a list) instead of per query loses a little recall at list borders; ``n_probe`` buys
+it back. Memory: one float32 copy of the normalised targets sorted by list (``4·N·d`` bytes, as
+the exact path), the ``(N, k)`` result, and ``O(N·pca_dim)`` for the projections; inputs
+(float16 / ``.npy`` memmaps) are read in row blocks.
 
 :func:`neighbour_recall` measures recall@k of any result against the exact search on a seeded
 sample of query rows (exact rows cost ``n_rows·N·d``).
@@ -39,7 +30,6 @@ sample of query rows (exact rows cost ``n_rows·N·d``).
 from __future__ import annotations
 
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -48,132 +38,8 @@ from tqdm.auto import tqdm
 
 from .._torch import normalized_rows, resolve_device
 from ..validation import ArrayLike, check_pair, check_positive_int
-from .exact import _inv_norms, exact_neighbours, show_progress
-from .sparse import neighbour_graph  # noqa: F401  (re-exported: its historical home)
-
-BACKENDS = ("exact", "faiss", "auto")
-
-#: ``"auto"`` uses the exact search while ``N·N·d`` stays below this many multiply-adds
-#: (CPU; ×100 on CUDA, where the exact matmul runs at tens of TFLOP/s).
-AUTO_EXACT_WORK = 1e12
-
-#: GCBS's quantile rule with FAISS keeps at most this many approximate neighbours per row
-#: (the exact rule has no per-row bound; see :class:`hardbatch.methods.gcbs.GCBS`).
-QUANTILE_ROW_CAP = 128
-
-#: Rows per block when reading / projecting / assigning inputs.
-_STREAM_ROWS = 16384
-
-
-def faiss_available() -> bool:
-    """Whether the optional FAISS dependency can be imported."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def check_backend(backend: str) -> str:
-    """``backend`` must be one of :data:`BACKENDS`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
-def resolve_backend(
-    backend: str, n_samples: int, dim: int, device: str | torch.device | None = None
-) -> str:
-    """The concrete backend (``"exact"`` or ``"faiss"``) for a search of ``N×N×d``.
-
-    ``"faiss"`` without FAISS installed is a ``ValueError``; ``"auto"`` falls back to exact
-    with a ``RuntimeWarning`` (see the module docstring for the rule).
-    """
-    check_backend(backend)
-    if backend == "exact":
-        return "exact"
-    if backend == "faiss":
-        if not faiss_available():
-            raise ValueError(
-                "backend='faiss' needs the faiss package: pip install 'hardbatch[faiss]'"
-            )
-        return "faiss"
-    budget = AUTO_EXACT_WORK * (100.0 if resolve_device(device).type == "cuda" else 1.0)
-    if float(n_samples) * n_samples * dim <= budget:
-        return "exact"
-    if faiss_available():
-        return "faiss"
-    warnings.warn(
-        f"backend='auto': the exact search of N={n_samples}, d={dim} is large "
-        f"({float(n_samples) ** 2 * dim:.2g} multiply-adds) and faiss is not installed; "
-        "running exact (pip install 'hardbatch[faiss]' for the approximate search)",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return "exact"
-
-
-def neighbours(
-    queries: ArrayLike,
-    targets: ArrayLike,
-    k: int,
-    *,
-    backend: str = "auto",
-    metric: str = "cosine",
-    seed: int | None = 0,
-    device: str | torch.device | None = None,
-    block_rows: int | None = None,
-    progress: bool | None = None,
-    norms: tuple[np.ndarray, np.ndarray] | None = None,
-    n_lists: int | None = None,
-    n_probe: int = 4,
-    pca_dim: int = 128,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most similar targets of every query, best first, its own positive excluded.
-
-    Parameters
-    ----------
-    queries, targets : array-like of shape (N, d)
-        Paired embeddings (numpy, memmap or torch; float16/32/64). Row ``i`` of the targets is
-        the positive of query ``i`` and never one of its neighbours.
-    k : int
-        Neighbours per row, ``1 <= k < N``.
-    backend : {"auto", "exact", "faiss"}
-        See the module docstring.
-    metric : {"cosine", "dot"}
-    seed : int or None
-        Seeds the PCA sample and k-means (faiss backend); the exact backend is deterministic.
-    device, block_rows : see :class:`~hardbatch.similarity.SimilarityBlocks` (exact backend and
-        the matmuls of the faiss backend).
-    progress : bool or None
-        Progress bar; ``None`` shows it when the work takes seconds.
-    norms : tuple of arrays, optional
-        Precomputed row norms of queries and targets.
-    n_lists, n_probe, pca_dim : faiss backend
-        Inverted lists (default ``ceil(2·sqrt(N))``), lists probed per list, PCA dimension.
-
-    Returns
-    -------
-    ids : np.ndarray of shape (N, k), int32 (int64 beyond 2³¹ rows)
-        ``ids[i, r]`` is the target of rank ``r`` for query ``i``; never ``i``.
-    sims : np.ndarray of shape (N, k), float32
-        Their similarities, non-increasing along a row.
-    """
-    if norms is None:
-        norms = check_pair(queries, targets)
-    n, d = int(queries.shape[0]), int(queries.shape[1])
-    k = check_positive_int(k, "k")
-    if k >= n:
-        raise ValueError(f"k={k} must be smaller than N={n} (a row has N-1 other targets)")
-    if resolve_backend(backend, n, d, device) == "exact":
-        return exact_neighbours(
-            queries, targets, k, metric=metric, device=device, block_rows=block_rows,
-            progress=progress, norms=norms,
-        )  # fmt: skip
-    return _ivf_neighbours(
-        queries, targets, k, metric=metric, seed=seed, device=device, progress=progress,
-        norms=norms, n_lists=n_lists, n_probe=n_probe, pca_dim=pca_dim,
-    )  # fmt: skip
+from ._common import STREAM_ROWS, index_dtype, inv_norms, show_progress, stream_rows
+from .exact import exact_rows_top_k
 
 
 def seeded_kmeans(train: np.ndarray, n_centroids: int, *, niter: int, seed: int) -> np.ndarray:
@@ -196,17 +62,6 @@ def seeded_kmeans(train: np.ndarray, n_centroids: int, *, niter: int, seed: int)
     return kmeans.centroids.copy()
 
 
-def _index_dtype(n: int) -> type:
-    return np.int32 if n < 2**31 else np.int64
-
-
-def _stream(a: ArrayLike, inv: np.ndarray | None, dev: torch.device, n: int):
-    """Yield ``(slice, normalised float32 rows)`` blocks of an input array."""
-    for start in range(0, n, _STREAM_ROWS):
-        sl = slice(start, min(start + _STREAM_ROWS, n))
-        yield sl, normalized_rows(a, sl, inv, dev)
-
-
 def _pca_basis(targets, inv, dev, n, d, dim, rng) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (d,) and top-``dim`` principal directions (d, dim) of a sample of targets."""
     rows = np.sort(rng.choice(n, size=min(n, 20_000), replace=False))
@@ -225,16 +80,34 @@ def _pca_basis(targets, inv, dev, n, d, dim, rng) -> tuple[torch.Tensor, torch.T
 def _assign(a, inv, dev, n, mean, basis, centroids_t) -> np.ndarray:
     """Nearest centroid (inner product in the projected space) of every row."""
     out = np.empty(n, dtype=np.int64)
-    for sl, rows in _stream(a, inv, dev, n):
+    for sl, rows in stream_rows(a, inv, dev, n):
         proj = (rows - mean) @ basis
         # argmax of 2·x·c - |c|² is the nearest centroid in Euclidean distance.
         out[sl] = torch.argmax(proj @ centroids_t[0] - centroids_t[1], dim=1).cpu().numpy()
     return out
 
 
-def _ivf_neighbours(
-    queries, targets, k, *, metric, seed, device, progress, norms, n_lists, n_probe, pca_dim
-):  # fmt: skip
+def ivf_neighbours(
+    queries: ArrayLike,
+    targets: ArrayLike,
+    k: int,
+    *,
+    metric: str = "cosine",
+    seed: int | None = 0,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    norms: tuple[np.ndarray, np.ndarray],
+    n_lists: int | None = None,
+    n_probe: int = 4,
+    pca_dim: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate ``k`` most similar targets of every query (see the module docstring).
+
+    ``k`` (``1 <= k < N``) and ``norms`` are checked by the caller
+    (:func:`~hardbatch.similarity.search.search_neighbours`). Returns ``ids`` (int32, int64
+    beyond 2³¹ rows) and ``sims`` (float32), each of shape (N, k), best first, own positive
+    excluded.
+    """
     n, d = int(queries.shape[0]), int(queries.shape[1])
     dev = resolve_device(device)
     n_probe = check_positive_int(n_probe, "n_probe")
@@ -247,7 +120,7 @@ def _ivf_neighbours(
     min_candidates = min(n, max(16 * k, 2048))
     if k + 1 > min_candidates:
         min_candidates = n
-    q_inv, t_inv = _inv_norms(norms[0], metric), _inv_norms(norms[1], metric)
+    q_inv, t_inv = inv_norms(norms[0], metric), inv_norms(norms[1], metric)
     rng = np.random.default_rng(seed)
     seed_int = int(rng.integers(2**31 - 1))
 
@@ -266,8 +139,8 @@ def _ivf_neighbours(
     t_order = np.argsort(t_list, kind="stable")
     t_bounds = np.searchsorted(t_list[t_order], np.arange(n_lists + 1))
     t_sorted = torch.empty((n, d), dtype=torch.float32, device=dev)
-    for start in range(0, n, _STREAM_ROWS):
-        chunk = t_order[start : start + _STREAM_ROWS]
+    for start in range(0, n, STREAM_ROWS):
+        chunk = t_order[start : start + STREAM_ROWS]
         perm = np.argsort(chunk)  # read rows in increasing id order (memmaps)
         block = normalized_rows(targets, chunk[perm], t_inv, dev)
         t_sorted[torch.from_numpy(start + perm).to(dev)] = block
@@ -280,7 +153,7 @@ def _ivf_neighbours(
 
     q_order = np.argsort(q_list, kind="stable")
     q_bounds = np.searchsorted(q_list[q_order], np.arange(n_lists + 1))
-    ids = np.empty((n, k), dtype=_index_dtype(n))
+    ids = np.empty((n, k), dtype=index_dtype(n))
     sims = np.empty((n, k), dtype=np.float32)
 
     def scan(c: int) -> None:
@@ -354,10 +227,10 @@ def neighbour_recall(
     ----------
     queries, targets : array-like of shape (N, d)
     ids : np.ndarray of shape (N, k)
-        Neighbour ids to score (e.g. from :func:`neighbours` with ``backend="faiss"``).
+        Neighbour ids to score (e.g. from :func:`ivf_neighbours`).
     n_rows : int
         Sampled query rows (all when ``N <= n_rows``); costs ``n_rows·N·d``.
-    seed, metric, device, norms : as for :func:`neighbours`.
+    seed, metric, device, norms : as for :func:`ivf_neighbours`.
 
     Returns
     -------
@@ -382,39 +255,3 @@ def neighbour_recall(
     pairs = zip(found, exact, strict=True)
     hits = sum(np.intersect1d(a, b, assume_unique=True).size for a, b in pairs)
     return float(hits / (rows.size * k))
-
-
-def exact_rows_top_k(
-    queries: ArrayLike,
-    targets: ArrayLike,
-    rows: np.ndarray,
-    k: int,
-    *,
-    metric: str = "cosine",
-    device: str | torch.device | None = None,
-    norms: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Exact top-``k`` targets (own positive excluded) of some query rows, shape (len(rows), k).
-
-    Streams the targets in blocks and keeps a running top-k: ``len(rows)·N·d`` work,
-    ``O(len(rows)·k)`` memory beyond one block.
-    """
-    if norms is None:
-        norms = check_pair(queries, targets)
-    n = int(queries.shape[0])
-    rows = np.asarray(rows, dtype=np.int64)
-    dev = resolve_device(device)
-    q = normalized_rows(queries, rows, _inv_norms(norms[0], metric), dev)
-    t_inv = _inv_norms(norms[1], metric)
-    best_vals = torch.full((rows.size, k), -math.inf, device=dev)
-    best_ids = torch.zeros((rows.size, k), dtype=torch.int64, device=dev)
-    rows_t = torch.from_numpy(rows).to(dev)
-    for sl, t in _stream(targets, t_inv, dev, n):
-        sim = q @ t.T
-        cols = torch.arange(sl.start, sl.stop, device=dev)
-        sim.masked_fill_(rows_t[:, None] == cols[None, :], -math.inf)
-        vals = torch.cat([best_vals, sim], dim=1)
-        cand = torch.cat([best_ids, cols.expand(rows.size, -1)], dim=1)
-        best_vals, pos = torch.topk(vals, k, dim=1)
-        best_ids = torch.gather(cand, 1, pos)
-    return best_ids.cpu().numpy()

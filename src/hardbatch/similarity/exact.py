@@ -10,7 +10,11 @@ Two selection rules:
 
 * :func:`threshold_graph` — every off-diagonal ``S[i, j] > threshold`` (GCBS's quantile rule;
   :func:`estimate_threshold` turns a quantile into a threshold from a seeded sample of pairs);
-* :func:`knn_graph` — the ``k`` largest off-diagonal entries of each row.
+* :func:`exact_neighbours` — the ``k`` largest off-diagonal entries of each row (the exact
+  backend of :func:`hardbatch.similarity.search.search_neighbours`).
+
+:func:`exact_rows_top_k` is the exact top-k of a few sampled rows (recall checks, Ray's border
+edges).
 
 The diagonal (a query against its own positive) is never an edge.
 """
@@ -32,33 +36,15 @@ from ..validation import (
     check_pair,
     check_positive_int,
 )
-from .sparse import neighbour_graph
+from ._common import index_dtype, inv_norms, show_progress, stream_rows
 
 #: Bytes of similarity block kept at once (float32), sets the default ``block_rows``.
 BLOCK_BYTES = 256 * 2**20
-
-#: Work (N·N·d multiply-adds) above which progress bars are shown by default (~2 s on a CPU).
-_PROGRESS_WORK = 2e11
-
-METRICS = ("cosine", "dot")
-
-
-def _inv_norms(norms: np.ndarray, metric: str) -> np.ndarray | None:
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    return 1.0 / norms if metric == "cosine" else None
 
 
 def default_block_rows(n_targets: int) -> int:
     """Query rows per block so one float32 block of similarities is about ``BLOCK_BYTES``."""
     return int(max(16, min(n_targets, BLOCK_BYTES // (4 * max(n_targets, 1)))))
-
-
-def show_progress(progress: bool | None, n: int, d: int) -> bool:
-    """Resolve ``progress=None`` (auto): show bars only when the work takes seconds."""
-    if progress is None:
-        return float(n) * n * d > _PROGRESS_WORK
-    return bool(progress)
 
 
 class SimilarityBlocks:
@@ -100,8 +86,8 @@ class SimilarityBlocks:
         self.n_samples = int(queries.shape[0])
         self.dim = int(queries.shape[1])
         self.device = resolve_device(device)
-        self.q_inv = _inv_norms(norms[0], metric)
-        t_inv = _inv_norms(norms[1], metric)
+        self.q_inv = inv_norms(norms[0], metric)
+        t_inv = inv_norms(norms[1], metric)
         self.block_rows = (
             default_block_rows(self.n_samples)
             if block_rows is None
@@ -205,8 +191,8 @@ def estimate_threshold(
         # Sorted indices read a memmap sequentially.
         rows = np.sort(rng.choice(n, size=r, replace=False))
         cols = np.sort(rng.choice(n, size=r, replace=False))
-    q = normalized_rows(queries, rows, _inv_norms(norms[0], metric), dev)
-    t = normalized_rows(targets, cols, _inv_norms(norms[1], metric), dev)
+    q = normalized_rows(queries, rows, inv_norms(norms[0], metric), dev)
+    t = normalized_rows(targets, cols, inv_norms(norms[1], metric), dev)
     sims = (q @ t.T).cpu().numpy()
     off_diagonal = rows[:, None] != cols[None, :]
     return float(np.quantile(sims[off_diagonal].astype(np.float64), quantile))
@@ -350,7 +336,7 @@ def exact_neighbours(
     k = check_positive_int(k, "k")
     if k >= n:
         raise ValueError(f"k={k} must be smaller than N={n} (a row has N-1 other targets)")
-    ids = np.empty((n, k), dtype=np.int32 if n < 2**31 else np.int64)
+    ids = np.empty((n, k), dtype=index_dtype(n))
     sims = np.empty((n, k), dtype=np.float32)
     for start, sim in blocks.blocks(progress=progress, desc="exact neighbours"):
         # sorted=True: column r is rank r. The diagonal is -inf, so with k < N the query's own
@@ -361,46 +347,37 @@ def exact_neighbours(
     return ids, sims
 
 
-def knn_graph(
+def exact_rows_top_k(
     queries: ArrayLike,
     targets: ArrayLike,
+    rows: np.ndarray,
     k: int,
     *,
     metric: str = "cosine",
-    values: bool = True,
     device: str | torch.device | None = None,
-    block_rows: int | None = None,
-    progress: bool | None = None,
-    blocks: SimilarityBlocks | None = None,
-    backend: str = "exact",
-) -> sp.csr_matrix:
-    """Directed graph of the ``k`` most similar targets of every query (itself excluded).
+    norms: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Exact top-``k`` targets (own positive excluded) of some query rows, shape (len(rows), k).
 
-    Parameters
-    ----------
-    queries, targets : array-like of shape (N, d)
-    k : int
-        Neighbours per row, ``1 <= k < N``.
-    metric, values, device, block_rows, progress, blocks : see :func:`threshold_graph`.
-    backend : {"exact", "faiss", "auto"}
-        Neighbour search (:func:`hardbatch.similarity.approximate.neighbours`); ``blocks`` is
-        only used by the exact search.
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix of shape (N, N)
-        Exactly ``k`` entries per row, sorted by column index, no diagonal.
+    Streams the targets in blocks and keeps a running top-k: ``len(rows)·N·d`` work,
+    ``O(len(rows)·k)`` memory beyond one block.
     """
-    if backend == "exact":
-        ids, sims = exact_neighbours(
-            queries, targets, k, metric=metric, device=device, block_rows=block_rows,
-            progress=progress, blocks=blocks,
-        )  # fmt: skip
-    else:
-        from .approximate import neighbours
-
-        ids, sims = neighbours(
-            queries, targets, k, backend=backend, metric=metric, device=device,
-            block_rows=block_rows, progress=progress,
-        )  # fmt: skip
-    return neighbour_graph(ids, sims, values=values)
+    if norms is None:
+        norms = check_pair(queries, targets)
+    n = int(queries.shape[0])
+    rows = np.asarray(rows, dtype=np.int64)
+    dev = resolve_device(device)
+    q = normalized_rows(queries, rows, inv_norms(norms[0], metric), dev)
+    t_inv = inv_norms(norms[1], metric)
+    best_vals = torch.full((rows.size, k), -math.inf, device=dev)
+    best_ids = torch.zeros((rows.size, k), dtype=torch.int64, device=dev)
+    rows_t = torch.from_numpy(rows).to(dev)
+    for sl, t in stream_rows(targets, t_inv, dev, n):
+        sim = q @ t.T
+        cols = torch.arange(sl.start, sl.stop, device=dev)
+        sim.masked_fill_(rows_t[:, None] == cols[None, :], -math.inf)
+        vals = torch.cat([best_vals, sim], dim=1)
+        cand = torch.cat([best_ids, cols.expand(rows.size, -1)], dim=1)
+        best_vals, pos = torch.topk(vals, k, dim=1)
+        best_ids = torch.gather(cand, 1, pos)
+    return best_ids.cpu().numpy()

@@ -30,18 +30,10 @@ from tqdm.auto import tqdm
 
 from .._torch import normalized_rows, resolve_device
 from ..validation import ArrayLike, check_embeddings, check_positive_int
-from .exact import (
-    _PROGRESS_WORK,
-    SimilarityBlocks,
-    _inv_norms,
-    default_block_rows,
-    exact_neighbours,
-)
+from ._common import PROGRESS_WORK, index_dtype, inv_norms
+from .exact import SimilarityBlocks, default_block_rows
+from .search import SearchSettings, search_neighbours
 from .sparse import symmetrize
-
-
-def _index_dtype(n: int) -> type:
-    return np.int32 if n < 2**31 else np.int64
 
 
 def check_window(p: int, m: int, n_samples: int) -> tuple[int, int]:
@@ -74,8 +66,9 @@ def top_ranks(
 ) -> np.ndarray:
     """The ``k`` most similar targets of every query, best first, itself excluded.
 
-    Exact: blocked ``X·Yᵀ`` with the diagonal masked, then ``torch.topk`` per block, so memory
-    is one similarity block plus the ``N×k`` result.
+    The ids of :func:`~hardbatch.similarity.search.search_neighbours`. Exact: blocked ``X·Yᵀ``
+    with the diagonal masked, then ``torch.topk`` per block, so memory is one similarity block
+    plus the ``N×k`` result.
 
     Parameters
     ----------
@@ -90,7 +83,7 @@ def top_ranks(
     blocks : SimilarityBlocks, optional
         Reuse prepared targets (exact search only).
     backend : {"exact", "faiss", "auto"}
-        Neighbour search (:func:`hardbatch.similarity.approximate.neighbours`).
+        Neighbour search (:mod:`hardbatch.similarity.search`).
 
     Returns
     -------
@@ -98,17 +91,10 @@ def top_ranks(
         ``ranks[i, r]`` is the target of rank ``r`` for query ``i`` (rank 0 = most similar);
         never ``i`` itself. Ties are broken by ``torch.topk``.
     """
-    if backend != "exact":
-        from .approximate import neighbours
-
-        return neighbours(
-            queries, targets, k, backend=backend, metric=metric, device=device,
-            block_rows=block_rows, progress=progress,
-        )[0]  # fmt: skip
-    return exact_neighbours(
-        queries, targets, k, metric=metric, device=device, block_rows=block_rows,
-        progress=progress, blocks=blocks,
-    )[0]  # fmt: skip
+    settings = SearchSettings(
+        backend=backend, metric=metric, device=device, block_rows=block_rows, progress=progress
+    )
+    return search_neighbours(queries, targets, k, settings, blocks=blocks).ids
 
 
 def window_graph(ranks: np.ndarray, p: int, m: int, *, mutual: bool = True) -> sp.csr_matrix:
@@ -137,10 +123,10 @@ def window_graph(ranks: np.ndarray, p: int, m: int, *, mutual: bool = True) -> s
     m = check_positive_int(m, "m")
     if p + m > k:
         raise ValueError(f"the window [p, p + m) = [{p}, {p + m}) exceeds the {k} ranks given")
-    index_dtype = _index_dtype(n)
+    dtype = index_dtype(n)
     # CSR wants sorted columns within a row; every row has exactly m distinct entries.
-    cols = np.sort(ranks[:, p : p + m], axis=1).astype(index_dtype, copy=False).ravel()
-    indptr = np.arange(0, n * m + 1, m, dtype=index_dtype if n * m < 2**31 else np.int64)
+    cols = np.sort(ranks[:, p : p + m], axis=1).astype(dtype, copy=False).ravel()
+    indptr = np.arange(0, n * m + 1, m, dtype=dtype if n * m < 2**31 else np.int64)
     directed = sp.csr_matrix((np.ones(n * m, dtype=np.bool_), cols, indptr), shape=(n, n))
     directed.has_sorted_indices = True
     if not mutual:
@@ -226,7 +212,7 @@ def label_embeddings(
     n, d = int(targets.shape[0]), int(targets.shape[1])
     if norms is None:
         norms = np.linalg.norm(np.asarray(targets, dtype=np.float64), axis=1)
-    inv = _inv_norms(norms, metric)
+    inv = inv_norms(norms, metric)
     sums = torch.zeros((n_labels, d), dtype=torch.float32, device=dev)
     codes = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(dev)
     step = default_block_rows(n)
@@ -274,7 +260,7 @@ def label_ranks(
     n, dim = int(queries.shape[0]), int(queries.shape[1])
     if norms is None:
         norms = check_embeddings(queries, "queries")
-    inv = _inv_norms(norms, metric)
+    inv = inv_norms(norms, metric)
     dev = label_vectors.device
     rows = (
         max(16, min(n, (256 * 2**20) // (4 * max(n_labels, 1))))
@@ -284,7 +270,7 @@ def label_ranks(
     codes = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     out = np.empty((n, k), dtype=np.int32)
     starts = range(0, n, rows)
-    show = float(n) * n_labels * dim > _PROGRESS_WORK if progress is None else bool(progress)
+    show = float(n) * n_labels * dim > PROGRESS_WORK if progress is None else bool(progress)
     for start in tqdm(starts, desc="label ranks", unit="block", disable=not show, leave=False):
         stop = min(start + rows, n)
         sim = normalized_rows(queries, slice(start, stop), inv, dev) @ label_vectors.T
