@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 
 import numpy as np
@@ -318,3 +319,30 @@ def test_from_lists_codes_and_column():
     with pytest.raises(ValueError, match="differ in length"):
         TextPairs(queries=["a"], targets=[])
     assert "3 pairs" in repr(pairs)
+
+
+def test_parquet_round_trip_in_a_fresh_interpreter(tmp_path):
+    """``import pyarrow`` alone does not load ``pyarrow.parquet``: read and export Parquet in a
+    process where nothing else imported it (the tests' own import would hide the bug)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = write(tmp_path / "d.parquet", ROWS, "parquet")
+    code = (
+        "import sys, hardbatch; from hardbatch.io import read_pairs, export_plan\n"
+        f"pairs = read_pairs({str(path)!r}, ('question', 'answer'))\n"
+        "plan = hardbatch.plan('random', n_samples=4, batch_size=2, seed=0)\n"
+        f"export_plan(plan, pairs, {str(tmp_path / 'o.parquet')!r})\n"
+        "print(len(pairs))\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 4

