@@ -158,8 +158,15 @@ def test_an_interrupted_run_continues_where_it_stopped(model, counting, tmp_path
 
 def test_changed_texts_reencode_and_say_so(model, counting, tmp_path):
     embed_pairs(make_pairs(20), model, tmp_path, chunk_size=8, progress=False)
-    counter = counting()
+    counter = counting(fail_at=2)
     other = make_pairs(20, seed=1)
+    with pytest.warns(CacheInvalidatedWarning, match="data file"), pytest.raises(KeyboardInterrupt):
+        embed_pairs(other, model, tmp_path, chunk_size=8, progress=False)
+    # The old texts' outputs are gone: nothing stale to pick up by mistake.
+    assert not (tmp_path / "queries.npy").exists() and not (tmp_path / "targets.npy").exists()
+    with pytest.warns(CacheInvalidatedWarning, match="data file"):  # back to the first texts
+        embed_pairs(make_pairs(20), model, tmp_path, chunk_size=8, progress=False)
+    counter = counting()
     with pytest.warns(CacheInvalidatedWarning, match=r"another data file \(its texts changed\)"):
         q, _ = embed_pairs(other, model, tmp_path, chunk_size=8, progress=False)
     assert counter.texts == 40

@@ -169,6 +169,8 @@ def embed_pairs(
 
     cache.mkdir(parents=True, exist_ok=True)
     _write_json(cache / "manifest.json", {"key": key, "complete": False})
+    for path in finals.values():  # outputs of an older key must not outlive an interruption
+        path.unlink(missing_ok=True)
     n = len(pairs)
     n_chunks = -(-n // chunk_size)
     todo = [
