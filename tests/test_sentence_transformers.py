@@ -175,7 +175,7 @@ def test_recorded_refresh_no_extra_pass_and_aligned(model, loss_cls, tmp_path):
         recorder.queries_,
         recorder.targets_,
         batch_size=16,
-        seed=sampler.sampler_._epoch_seed(1),
+        seed=sampler.sampler_.planning.epoch_seed(1),
         duplicate_ids=sampler.sampler_.duplicate_ids,
     )
     np.testing.assert_array_equal(sampler.sampler_.plan_.batches, reference.batches)

@@ -67,9 +67,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import ddp
+from ..distributed import torch_ddp as ddp
 from ..methods import get_method
-from ..refresh import REFRESH_POLICIES, BatchTracker, to_numpy_rows
+from ..recording import BatchTracker, to_numpy_rows
+from ..refresh import REFRESH_POLICIES
 from ..sampler import HardBatchSampler as CoreHardBatchSampler
 from ..sampler import is_static_method
 from .huggingface import select_rows, text_columns, text_duplicate_ids
