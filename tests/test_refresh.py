@@ -176,7 +176,12 @@ def test_recorded_first_epoch_random_then_planned_from_records(pairs):
     served = [list(b) for b in sampler]
     # Reference: the plan GCBS makes from exactly the recorded embeddings.
     reference = hardbatch.plan(
-        "gcbs", recorded_q, recorded_t, batch_size=B, seed=sampler.planning.epoch_seed(1), quantile=0.95
+        "gcbs",
+        recorded_q,
+        recorded_t,
+        batch_size=B,
+        seed=sampler.planning.epoch_seed(1),
+        quantile=0.95,
     )
     assert served == [list(r) for r in reference.iter_batches()]
 
