@@ -132,13 +132,10 @@ def random_plan(n, batch_size, seed, epoch=0):
 # --------------------------------------------------------------------------------- one run
 def run_method(method, args, dataset, teacher, out_dir):
     """Train a fresh model with ``method`` batches; return the measurements."""
-    from sentence_transformers import (
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
+    from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from hardbatch.sentence_transformers import HardBatchSampler
+    from hardbatch.sentence_transformers import HardBatchSampler, HardBatchTrainer
 
     queries, codes = dataset["query"], dataset["code"]
     n, bs, seed = len(dataset), args.batch_size, args.seed
@@ -182,9 +179,7 @@ def run_method(method, args, dataset, teacher, out_dir):
         use_cpu=True,
         dataloader_drop_last=False,
     )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=dataset, loss=loss
-    )
+    trainer = HardBatchTrainer(model=model, args=training_args, train_dataset=dataset, loss=loss)
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start

@@ -1,5 +1,5 @@
-"""Refresh policies: the embedding pass, the recorder ("recorded": no extra forward pass) and
-the batch tracker that lines loss-side recordings up with sample ids."""
+"""Refresh policies: one class each behind one factory, and the policies at work in the
+sampler ("epoch" pays a pass per epoch, "recorded" none)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,19 @@ from torch import nn
 
 import hardbatch
 from hardbatch import EmbeddingRecorder, HardBatchSampler
-from hardbatch.refresh import BatchTracker, embed_pass
+from hardbatch.methods import get_method
+from hardbatch.planning import Planning
+from hardbatch.refresh import (
+    POLICY_CLASSES,
+    REFRESH_POLICIES,
+    EpochRefresh,
+    NeverRefresh,
+    RecordedRefresh,
+    RefreshPolicy,
+    StepsRefresh,
+    make_refresh_policy,
+    resolve_refresh,
+)
 from hardbatch.synthetic import make_planted_pairs
 
 N, D, B = 200, 12, 20
@@ -19,90 +31,6 @@ N, D, B = 200, 12, 20
 @pytest.fixture(scope="module")
 def pairs():
     return make_planted_pairs(N, D, group_size=10, seed=1)
-
-
-# ------------------------------------------------------------------------------- embed pass
-def test_embed_pass_batches_in_order_without_grad(pairs):
-    seen = []
-
-    def embed(idx):
-        seen.append((len(idx), torch.is_grad_enabled()))
-        return torch.tensor(pairs.queries[idx]), pairs.targets[idx]
-
-    order = np.arange(N)[::-1].copy()
-    q, t = embed_pass(embed, order, batch_size=64)
-    assert [s for s, _ in seen] == [50, 50, 50, 50]  # <= 64 per call, split evenly
-    assert not any(g for _, g in seen)
-    np.testing.assert_array_equal(q, pairs.queries[order])
-    np.testing.assert_array_equal(t, pairs.targets[order])
-    assert q.dtype == np.float32
-
-
-def test_embed_pass_checks_row_counts(pairs):
-    with pytest.raises(ValueError, match="returned 1 query"):
-        embed_pass(lambda idx: (pairs.queries[:1], pairs.targets[idx]), np.arange(5))
-    with pytest.raises(ValueError, match="shape"):
-        embed_pass(lambda idx: (np.zeros(len(idx)), pairs.targets[idx]), np.arange(5))
-
-
-# ------------------------------------------------------------------------------- recorder
-def test_recorder_keeps_the_latest_rows():
-    rec = EmbeddingRecorder(5)
-    assert rec.n_known == 0
-    with pytest.raises(ValueError, match="no embeddings yet"):
-        rec.embeddings()
-    rec.record([0, 2], torch.ones(2, 3), torch.zeros(2, 3) + 2)
-    rec.record(torch.tensor([2]), torch.full((1, 3), 7.0, requires_grad=True), torch.ones(1, 3))
-    assert rec.known.tolist() == [True, False, True, False, False]
-    assert rec.queries_[2].tolist() == [7, 7, 7]
-    assert rec.stamps_[2] > rec.stamps_[0] > -1
-    q, t = rec.embeddings(seed=0)
-    assert np.isfinite(q).all() and np.abs(q[[1, 3, 4]]).sum() > 0  # random stand-ins
-    q2, _ = rec.embeddings(seed=0)
-    np.testing.assert_array_equal(q, q2)
-    np.testing.assert_array_equal(rec.queries_[1], 0)  # stand-ins are not stored
-
-
-@pytest.mark.parametrize(
-    "args, match",
-    [
-        (([0, 1], np.ones((3, 2)), np.ones((2, 2))), "2 indices but 3 query"),
-        (([0, 9], np.ones((2, 2)), np.ones((2, 2))), r"in \[0, 5\)"),
-        (([0], np.ones((1, 2)), np.ones((1, 3))), "differ in dimension"),
-    ],
-)
-def test_recorder_bad_input(args, match):
-    with pytest.raises(ValueError, match=match):
-        EmbeddingRecorder(5).record(*args)
-
-
-def test_recorder_dimension_cannot_change():
-    rec = EmbeddingRecorder(5)
-    rec.record([0], np.ones((1, 2)), np.ones((1, 2)))
-    with pytest.raises(ValueError, match="dimension changed"):
-        rec.record([1], np.ones((1, 3)), np.ones((1, 3)))
-
-
-# ------------------------------------------------------------------------------- tracker
-def test_tracker_fifo_and_rank_filter():
-    rec = EmbeddingRecorder(10)
-    tracker = BatchTracker(num_replicas=2, rank=1)
-    for batch in ([0, 1], [2, 3], [4, 5], [6, 7]):
-        tracker.push(rec, batch)
-    assert len(tracker) == 2  # batches 1 and 3 go to rank 1
-    assert tracker.pop(2)[1].tolist() == [2, 3]
-    assert tracker.pop(2)[1].tolist() == [6, 7]
-    assert tracker.pop(2) is None
-
-
-def test_tracker_size_mismatch_pauses_recording():
-    rec = EmbeddingRecorder(10)
-    tracker = BatchTracker()
-    tracker.push(rec, [0, 1, 2])
-    tracker.push(rec, [3, 4, 5])
-    with pytest.warns(RuntimeWarning, match="paused"):
-        assert tracker.pop(2) is None
-    assert len(tracker) == 0 and tracker.mismatches_ == 1
 
 
 # ------------------------------------------------------------------------------- "recorded"
@@ -175,7 +103,12 @@ def test_recorded_first_epoch_random_then_planned_from_records(pairs):
     served = [list(b) for b in sampler]
     # Reference: the plan GCBS makes from exactly the recorded embeddings.
     reference = hardbatch.plan(
-        "gcbs", recorded_q, recorded_t, batch_size=B, seed=sampler._epoch_seed(1), quantile=0.95
+        "gcbs",
+        recorded_q,
+        recorded_t,
+        batch_size=B,
+        seed=sampler.planning.epoch_seed(1),
+        quantile=0.95,
     )
     assert served == [list(r) for r in reference.iter_batches()]
 
@@ -237,3 +170,183 @@ def test_record_needs_recorded_policy(pairs):
     sampler = HardBatchSampler(n_samples=N, batch_size=B, method="random")
     with pytest.raises(ValueError, match="refresh='recorded'"):
         sampler.record(pairs.queries[:B], pairs.targets[:B])
+
+
+# ------------------------------------------------------------------------------- policy classes
+def planning_for(pairs, method="gcbs", **kwargs):
+    params = {"quantile": 0.95} if method == "gcbs" else {}
+    return Planning(
+        method=method,
+        n_samples=N,
+        batch_size=B,
+        drop_last=False,
+        seed=3,
+        method_params=params,
+        **kwargs,
+    )
+
+
+def never_planned(epoch):
+    pytest.fail("the policy planned an epoch to count it")
+
+
+def test_policy_classes_declare_their_contract():
+    assert REFRESH_POLICIES == ("auto", "never", "epoch", "recorded", "steps")
+    contract = {
+        name: (cls.replans, cls.needs_embed_fn, cls.records) for name, cls in POLICY_CLASSES.items()
+    }
+    assert contract == {
+        "never": (False, False, False),
+        "epoch": (True, True, False),
+        "recorded": (True, False, True),
+        "steps": (True, True, False),
+    }
+    assert all(issubclass(cls, RefreshPolicy) for cls in POLICY_CLASSES.values())
+
+
+@pytest.mark.parametrize(
+    "method, given, follows, expected",
+    [
+        ("gcbs", {"embed_fn_given": True}, True, "epoch"),
+        ("gcbs", {"embed_fn_given": True, "embeddings_given": True}, True, "epoch"),
+        ("gcbs", {"embed_fn_given": True}, False, "never"),  # a fixed teacher's embed_fn
+        ("gcbs", {"embeddings_given": True}, True, "never"),
+        ("gcbs", {"plan_given": True, "embed_fn_given": True}, True, "never"),
+        ("b3", {"embed_fn_given": True}, True, "never"),  # its own per-epoch rule
+        ("random", {}, True, "never"),
+    ],
+)
+def test_auto_resolution(method, given, follows, expected):
+    name = resolve_refresh(
+        "auto", method_cls=get_method(method), embed_fn_follows_model=follows, **given
+    )
+    assert name == expected
+    assert resolve_refresh(None, method_cls=get_method(method)) == "never"
+
+
+def test_never_refresh_plans_once_and_serves_the_method_rule(pairs):
+    planning = planning_for(pairs, embeddings=(pairs.queries, pairs.targets))
+    policy = make_refresh_policy("never", planning)
+    assert isinstance(policy, NeverRefresh) and not policy.records and policy.recorder is None
+    reference = hardbatch.plan(
+        "gcbs", pairs.queries, pairs.targets, batch_size=B, seed=3, quantile=0.95
+    )
+    for epoch in (0, 1, 2):
+        np.testing.assert_array_equal(policy.epoch_batches(epoch), reference.for_epoch(epoch))
+    assert policy.n_batches(4, never_planned) == len(reference.batches)
+    assert len(planning.history_) == 1 and planning.history_[0]["policy"] == "never"
+    # A given plan is served as is, with its own epoch rule (random reshuffles).
+    given = hardbatch.plan("random", n_samples=N, batch_size=B, seed=9)
+    policy = make_refresh_policy("auto", planning_for(pairs, "random"), plan=given)
+    assert isinstance(policy, NeverRefresh)
+    np.testing.assert_array_equal(policy.epoch_batches(1), given.for_epoch(1))
+    assert policy.planning.history_ == []
+
+
+def test_epoch_refresh_embeds_and_plans_every_epoch(pairs):
+    calls = []
+
+    def embed(idx):
+        calls.append(len(idx))
+        return pairs.queries[idx] * (1 + len(calls)), pairs.targets[idx]
+
+    planning = planning_for(pairs, embed_fn=embed, embed_batch_size=N)
+    policy = make_refresh_policy("auto", planning)
+    assert isinstance(policy, EpochRefresh)
+    for epoch in (0, 1):
+        batches = policy.epoch_batches(epoch)
+        reference = hardbatch.plan(
+            "gcbs",
+            pairs.queries * (1 + len(calls)),
+            pairs.targets,
+            batch_size=B,
+            seed=planning.epoch_seed(epoch),
+            quantile=0.95,
+        )
+        np.testing.assert_array_equal(batches, reference.batches)
+    assert calls == [N, N]
+    # GCBS cuts N into full batches: counted without planning.
+    assert policy.n_batches(5, never_planned) == N // B
+    # A cluster method may cut N differently: the epoch is planned to count it.
+    b3 = make_refresh_policy("epoch", planning_for(pairs, "b3", embed_fn=embed))
+    assert b3.n_batches(0, lambda epoch: np.zeros((7, B))) == 7
+
+
+def test_recorded_refresh_plans_from_the_recorder(pairs):
+    recorder = EmbeddingRecorder(N)
+    recorder.set_all(pairs.queries, pairs.targets)
+    planning = planning_for(pairs)
+    policy = make_refresh_policy("recorded", planning, recorder=recorder)
+    assert isinstance(policy, RecordedRefresh) and policy.records
+    assert policy.recorder is recorder and not policy.initial_pass
+    reference = hardbatch.plan(
+        "gcbs",
+        pairs.queries,
+        pairs.targets,
+        batch_size=B,
+        seed=planning.epoch_seed(1),
+        quantile=0.95,
+    )
+    np.testing.assert_array_equal(policy.epoch_batches(1), reference.batches)
+    # Nothing recorded and nothing to embed with: the first epoch is random, said so.
+    empty = make_refresh_policy("recorded", planning_for(pairs))
+    empty.epoch_batches(0)
+    assert empty.planning.plan_.method == "random"
+    assert make_refresh_policy(
+        "recorded", planning_for(pairs, embeddings=(pairs.queries, pairs.targets))
+    ).initial_pass
+
+
+def test_steps_refresh_replans_the_rest_of_the_epoch(pairs):
+    planning = planning_for(pairs, embed_fn=lambda idx: (pairs.queries[idx], pairs.targets[idx]))
+    policy = make_refresh_policy("steps", planning, refresh_every=3)
+    assert isinstance(policy, StepsRefresh) and policy.refresh_every == 3
+    rows = list(policy.epoch_rows(0, never_planned))
+    assert sorted(np.concatenate(rows)) == list(range(N)) and len(rows) == N // B
+    assert [h["step"] for h in planning.history_] == [0, 3, 6, 9]
+    # The first rows are those of a plan of every sample with the step-0 seed.
+    first = hardbatch.plan(
+        "gcbs",
+        pairs.queries,
+        pairs.targets,
+        batch_size=B,
+        seed=planning.epoch_seed(0, 0),
+        quantile=0.95,
+    )
+    for row, ref in zip(rows[:3], first.batches[:3], strict=True):
+        np.testing.assert_array_equal(row, ref)
+    with pytest.raises(NotImplementedError):
+        policy.epoch_batches(0)
+
+
+def embed_both(idx):
+    return np.zeros((len(idx), 2)), np.zeros((len(idx), 2))
+
+
+@pytest.mark.parametrize(
+    "refresh, method, options, planning_kwargs, match",
+    [
+        ("sometimes", "gcbs", {}, {"embed_fn": embed_both}, "refresh must be one of"),
+        ("auto", "gcbs", {}, {}, "plans from embeddings"),
+        ("never", "gcbs", {}, {}, "needs embeddings=, embed_fn= or plan="),
+        ("epoch", "gcbs", {}, {}, "refresh='epoch' needs embed_fn="),
+        ("steps", "gcbs", {"refresh_every": 2}, {}, "refresh='steps' needs embed_fn="),
+        ("steps", "gcbs", {}, {"embed_fn": embed_both}, "refresh_every"),
+        ("steps", "b3", {"refresh_every": 2}, {"embed_fn": embed_both}, "own per-epoch rule"),
+        ("recorded", "random", {}, {}, "reads no embeddings"),
+        ("epoch", "gcbs", {"plan": "given"}, {"embed_fn": embed_both}, "a given plan is static"),
+        ("never", "random", {"refresh_every": 2}, {}, "only used with refresh='steps'"),
+        ("epoch", "gcbs", {"recorder": "N"}, {"embed_fn": embed_both}, "only used with"),
+        ("recorded", "gcbs", {"recorder": "N+1"}, {}, "recorder holds N="),
+        ("recorded", "gcbs", {"initial": "later"}, {}, "initial must be"),
+        ("recorded", "gcbs", {"initial": "embed"}, {}, "initial='embed' needs"),
+    ],
+)
+def test_factory_refuses_what_cannot_work(pairs, refresh, method, options, planning_kwargs, match):
+    options = dict(options)
+    if options.get("plan") == "given":
+        options["plan"] = hardbatch.plan("random", n_samples=N, batch_size=B)
+    if "recorder" in options:
+        options["recorder"] = EmbeddingRecorder(N if options["recorder"] == "N" else N + 1)
+    with pytest.raises(ValueError, match=match):
+        make_refresh_policy(refresh, planning_for(pairs, method, **planning_kwargs), **options)

@@ -90,7 +90,7 @@ def test_served_batches_are_the_plan_rows_without_padding(pairs):
             pairs.queries,
             pairs.targets,
             batch_size=32,
-            seed=sampler._epoch_seed(epoch),
+            seed=sampler.planning.epoch_seed(epoch),
             quantile=0.95,
         )
         assert batches == [list(row[row != PAD]) for row in reference.batches]

@@ -38,8 +38,16 @@ except ImportError:  # 3.x - 5.x
     )
     from sentence_transformers.models import Pooling, Transformer
 
-from hardbatch.integrations.sentence_transformers import DefaultBatchSampler  # noqa: E402
-from hardbatch.sentence_transformers import HardBatchSampler, RecordingLoss  # noqa: E402
+from hardbatch.integrations.sentence_transformers import (  # noqa: E402
+    HardBatchConfig,
+    SentenceTransformersHardBatchSampler,
+)
+from hardbatch.integrations.sentence_transformers.sampler import DefaultBatchSampler  # noqa: E402
+from hardbatch.sentence_transformers import (  # noqa: E402
+    HardBatchSampler,
+    HardBatchTrainer,
+    RecordingLoss,
+)
 
 WORDS = (
     "alpha beta gamma delta red green blue cat dog fish bird tree leaf root river lake sea "
@@ -96,7 +104,18 @@ def make_dataset(n, seed=0, duplicates=0):
     return datasets.Dataset.from_dict({"anchor": anchors, "positive": positives})
 
 
-def train(model, dataset, config, loss, *, epochs=2, batch_size=16, lr=5e-5, **kwargs):
+def train(
+    model,
+    dataset,
+    config,
+    loss,
+    *,
+    epochs=2,
+    batch_size=16,
+    lr=5e-5,
+    trainer_cls=SentenceTransformerTrainer,
+    **kwargs,
+):
     args = SentenceTransformerTrainingArguments(
         output_dir=kwargs.pop("output_dir", "unused"),
         num_train_epochs=epochs,
@@ -112,9 +131,9 @@ def train(model, dataset, config, loss, *, epochs=2, batch_size=16, lr=5e-5, **k
         seed=0,
         **kwargs.pop("args", {}),
     )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, **kwargs
-    )
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss, **kwargs)
+    if kwargs.get("eval_dataset") is not None and trainer_cls is HardBatchTrainer:
+        trainer.evaluate()  # before training: the explicit split must still hold
     trainer.train()
     return trainer
 
@@ -175,7 +194,7 @@ def test_recorded_refresh_no_extra_pass_and_aligned(model, loss_cls, tmp_path):
         recorder.queries_,
         recorder.targets_,
         batch_size=16,
-        seed=sampler.sampler_._epoch_seed(1),
+        seed=sampler.sampler_.planning.epoch_seed(1),
         duplicate_ids=sampler.sampler_.duplicate_ids,
     )
     np.testing.assert_array_equal(sampler.sampler_.plan_.batches, reference.batches)
@@ -196,7 +215,27 @@ def test_datasetdict_gets_one_plan_per_dataset(model, tmp_path):
         np.testing.assert_allclose(recorder.queries_, expected, atol=1e-5)
 
 
-def test_eval_sampler_serves_random_batches_without_embedding(model, tmp_path):
+def random_reference(n, batch_size, seed, epoch, drop_last=False):
+    """The old adapter's evaluation batches: a seeded permutation cut in order."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    batches = [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
+    return batches[:-1] if drop_last and len(batches[-1]) < batch_size else batches
+
+
+def check_eval_samplers(config, n_eval):
+    evals = [s for s in config.samplers_ if not s.for_training]
+    assert evals and all(not s.hard for s in evals)
+    for s in evals:  # the core random method planned once, no embedding pass
+        assert s.sampler_.refresh == "never" and s.sampler_.plan_.method == "random"
+        assert all("embed" not in h["seconds"] for h in s.history_)
+    sampler = evals[0]
+    sampler.set_epoch(3)
+    assert list(sampler) == random_reference(n_eval, 16, sampler.seed, 3)
+    return evals
+
+
+@pytest.mark.parametrize("trainer_cls", [SentenceTransformerTrainer, HardBatchTrainer])
+def test_eval_sampler_serves_random_batches_without_embedding(model, tmp_path, trainer_cls):
     counter = CallCounter(model)
     config = HardBatchSampler.configure(method="gcbs", model=model, quantile=0.9)
     train(
@@ -208,13 +247,110 @@ def test_eval_sampler_serves_random_batches_without_embedding(model, tmp_path):
         eval_dataset=make_dataset(20, seed=5),
         args={"eval_strategy": "epoch"},
         output_dir=tmp_path,
+        trainer_cls=trainer_cls,
     )
-    evals = [s for s in config.samplers_ if not s.for_training]
-    assert evals and all(s.history_ == [] for s in evals)
-    batches = list(evals[0])
-    assert sorted(np.concatenate(batches)) == list(range(20))
-    # Training: 2 steps x 2 columns + 1 refresh pass (2 calls); eval: 2 batches x 2 columns.
-    assert counter.calls == 4 + 2 + 4
+    calls = counter.calls
+    evals = check_eval_samplers(config, 20)
+    training = [s for s in config.samplers_ if s.for_training]
+    assert len(training) == 1 and training[0].sampler_.plan_.method == "gcbs"
+    # Training: 2 steps x 2 columns + 1 refresh pass (2 calls); each evaluation: 2 batches x
+    # 2 columns (HardBatchTrainer also evaluates once before training).
+    assert calls == 4 + 2 + 4 * len(evals)
+    assert len(evals) == (2 if trainer_cls is HardBatchTrainer else 1)
+
+
+def test_hard_batch_trainer_test_loader_and_other_samplers(model, tmp_path):
+    config = HardBatchSampler.configure(method="gcbs", model=model, quantile=0.9)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=16,
+        batch_sampler=config,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = HardBatchTrainer(
+        model=model,
+        args=args,
+        train_dataset=make_dataset(32),
+        loss=MultipleNegativesRankingLoss(model),
+    )
+    loader = trainer.get_test_dataloader(make_dataset(20, seed=6))
+    assert len(loader) == 2 and not config.samplers_[-1].for_training
+    assert config.samplers_[-1].sampler_.plan_.method == "random"
+    trainer.get_train_dataloader()
+    assert config.samplers_[-1].for_training
+    # Any other batch_sampler is the trainer's own.
+    plain = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True
+    )
+    trainer = HardBatchTrainer(
+        model=model,
+        args=plain,
+        train_dataset=make_dataset(32),
+        loss=MultipleNegativesRankingLoss(model),
+    )
+    sampler = trainer.get_batch_sampler(make_dataset(32), batch_size=8, drop_last=False)
+    assert type(sampler) is DefaultBatchSampler
+
+
+def test_first_build_rule_without_the_trainer_mixin():
+    config = HardBatchSampler.configure(method="random")
+    a, b, dev = make_dataset(24), make_dataset(16, seed=1), make_dataset(20, seed=2)
+    g_train, g_eval, g_again = torch.Generator(), torch.Generator(), torch.Generator()
+    made = [
+        config(a, batch_size=8, generator=g_train),  # first build: a DatasetDict of a and b
+        config(b, batch_size=8, generator=g_train),
+        config(dev, batch_size=8, generator=g_eval),  # a later build, another dataset
+        config(a, batch_size=8, generator=g_again),  # the training loader rebuilt
+        config(dev, batch_size=8, generator=g_again, training=True),  # said explicitly
+    ]
+    assert [s.for_training for s in made] == [True, True, False, True, True]
+
+
+@pytest.mark.parametrize("n, drop_last", [(20, False), (20, True), (5, False), (5, True)])
+def test_eval_batches_are_the_random_method(n, drop_last):
+    config = HardBatchSampler.configure(method="gcbs")  # no model: fine, eval never embeds
+    sampler = config(make_dataset(n), batch_size=8, drop_last=drop_last, seed=4, training=False)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        expected = random_reference(n, 8, 4, epoch, drop_last)
+        assert list(sampler) == expected and len(sampler) == len(expected)
+    if n >= 8:  # the core random method (it needs batch_size <= N)
+        assert sampler.sampler_.plan_.method == "random"
+    else:  # a set smaller than one batch: the same rule, served by the adapter
+        assert sampler.history_ == [] and len(expected) == (0 if drop_last else 1)
+
+
+def test_no_frame_inspection_in_src():
+    """Eval loaders are told apart explicitly, never by walking the call stack."""
+    import pathlib
+    import re
+
+    src = pathlib.Path(hardbatch.__file__).parent
+    pattern = re.compile(r"inspect\.stack|currentframe|_getframe|f_back")
+    hits = [str(p) for p in src.rglob("*.py") if pattern.search(p.read_text())]
+    assert hits == []
+
+
+def test_eval_batches_hard_on_request(model):
+    config = HardBatchSampler.configure(
+        method="gcbs", model=model, quantile=0.9, eval_batches="hard"
+    )
+    sampler = config(make_dataset(32), batch_size=8, drop_last=False, training=False)
+    sampler.set_epoch(0)
+    list(sampler)
+    assert sampler.hard and sampler.sampler_.plan_.method == "gcbs"
+    assert config.tracker_ is None  # evaluation samplers never feed the recorder queue
+
+
+def test_public_names():
+    assert HardBatchSampler is SentenceTransformersHardBatchSampler
+    assert isinstance(HardBatchSampler.configure(), HardBatchConfig)
+    import hardbatch.integrations.sentence_transformers as integration
+
+    assert "HardBatchSampler" not in vars(integration)
 
 
 def test_duplicate_guard_keeps_equal_positives_apart(model):

@@ -14,7 +14,7 @@ from .api import plan
 from .batching import PAD
 from .methods import Planner, available_methods, get_method, register_method
 from .plans import BatchPlan
-from .refresh import EmbeddingRecorder
+from .recording import EmbeddingRecorder
 from .sampler import HardBatchSampler
 
 __version__ = "0.1.0"

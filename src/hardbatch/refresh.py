@@ -1,27 +1,40 @@
-"""Refresh: where a sampler gets the embeddings it re-plans from while a model trains.
+"""Refresh: when a sampler re-plans, and where the embeddings it plans from come from.
 
 Methods such as GCBS plan from the *current* model's embeddings, which change as the model
-trains. :class:`hardbatch.HardBatchSampler` offers three refresh policies (``refresh=``):
+trains. :class:`hardbatch.HardBatchSampler` asks a **refresh policy** (``refresh=``) for each
+epoch's batches; each policy is a small class below, chosen by :func:`make_refresh_policy`:
 
-``"epoch"`` (the GCBS paper's)
+``"never"`` (:class:`NeverRefresh`)
+    One plan — given, or made once from ``embeddings=`` / one ``embed_fn`` pass — and epoch
+    ``e`` serves ``plan.for_epoch(e)`` (the method's own per-epoch rule: ``random``
+    reshuffles, ``b3`` regroups its clusters, ``gcbs`` keeps its batches).
+
+``"epoch"`` (:class:`EpochRefresh`, the GCBS paper's)
     At the start of every epoch, a no-grad forward pass over the whole training set
-    (:func:`embed_pass`) gives fresh embeddings; the epoch is planned from them. Exact at the
-    start of the epoch, but the pass costs extra time: 24–38% of an epoch in the GCBS paper
+    (:func:`hardbatch.planning.embed_pass`) gives fresh embeddings; the epoch is planned from
+    them. Exact at the start of the epoch, but the pass costs extra time: 24–38% of an epoch
+    in the GCBS paper
     (Tables 5–6), i.e. roughly one third of the training forward passes again.
 
-``"recorded"`` (no extra forward pass)
+``"recorded"`` (:class:`RecordedRefresh`, no extra forward pass)
     The training forward pass already computes every sample's query and target embedding.
-    An :class:`EmbeddingRecorder` keeps, by sample index, the latest embeddings seen in
-    training (``record(indices, q_emb, t_emb)``, called from the training loop, a loss wrapper
-    or a hook), and the next epoch is planned from them. Cost: one device-to-host copy of the
-    batch embeddings per step and ``2·N·d`` floats of host memory. Samples not seen yet keep
-    their last known embedding (the initial pass, or a random vector when nothing is known).
+    An :class:`~hardbatch.recording.EmbeddingRecorder` keeps, by sample index, the latest
+    embeddings seen in training (``record(indices, q_emb, t_emb)``, called from the training
+    loop, a loss wrapper or a hook), and the next epoch is planned from them. Cost: one
+    device-to-host copy of the batch embeddings per step and ``2·N·d`` floats of host memory.
+    Samples not seen yet keep their last known embedding (the initial pass, or a random vector
+    when nothing is known).
 
-``"steps"`` (``refresh_every=n``)
+``"steps"`` (:class:`StepsRefresh`, ``refresh_every=n``)
     Re-plan every ``n`` batches: the samples not yet used this epoch are re-embedded (no-grad,
     only those) and re-planned, so every sample still appears exactly once per epoch. Fresher
     than ``"epoch"`` at the price of more passes: about ``N·S/(2n)`` extra embeddings per epoch
     of ``S`` batches.
+
+``"auto"`` (:func:`resolve_refresh`) picks ``"never"`` for a given plan or a method that keeps
+its own per-epoch rule (``Planner.replans_each_epoch`` false: ``b3``, ``random``), ``"epoch"``
+when an ``embed_fn`` follows the model being trained, else ``"never"`` (plan once from
+``embeddings=``). A combination that cannot work raises ``ValueError`` naming the problem.
 
 Staleness trade-off
 -------------------
@@ -34,342 +47,456 @@ compare embeddings from different moments of training. That is usually fine once
 settled (fine-tuning, the later epochs), less so in the first epoch of a fast-moving model; the
 saving is the whole extra pass. ``"steps"`` bounds the age by ``n`` steps for the remaining
 samples, at the cost of more embedding passes and planning runs.
+
+Adding a policy: subclass :class:`RefreshPolicy`, declare its class attributes (``name``,
+``replans``, ``needs_embed_fn``, ``records``), implement ``epoch_batches`` (or ``epoch_rows``
+for a policy that re-plans inside an epoch), override ``check`` / ``build`` if it refuses
+combinations or takes options, and add it to :data:`POLICY_CLASSES`.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from . import ddp
+from .batching import PAD, epoch_rng
+from .methods.base import Planner
+from .planning import Planning, Stopwatch, shuffle_full_rows
+from .plans import BatchPlan
+from .recording import EmbeddingRecorder
 from .validation import check_positive_int
 
-#: Names accepted by ``HardBatchSampler(refresh=...)``.
-REFRESH_POLICIES = ("auto", "never", "epoch", "recorded", "steps")
-
-#: ``embed_fn(indices) -> (queries, targets)``: embeddings of the given samples, shape (n, d).
-EmbedFn = Callable[[np.ndarray], tuple[Any, Any]]
+#: ``batches_for(epoch)``: the sampler's (cached, possibly shuffled) global batches of an epoch.
+BatchesFor = Callable[[int], np.ndarray]
 
 
-def to_numpy_rows(a: Any, name: str) -> np.ndarray:
-    """An (n, d) float32 numpy copy of a tensor/array (detached, on the CPU)."""
-    if isinstance(a, torch.Tensor):
-        a = a.detach().to("cpu", torch.float32).numpy()
-    a = np.asarray(a, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, d), got shape {a.shape}")
-    return a
+# ---------------------------------------------------------------------------------- policies
+class RefreshPolicy:
+    """Base of the refresh policies: when a sampler re-plans and from which embeddings.
 
-
-# ---------------------------------------------------------------------------------- embed pass
-def embed_pass(
-    embed_fn: EmbedFn,
-    indices: np.ndarray,
-    *,
-    batch_size: int = 256,
-    progress: bool | None = None,
-    desc: str = "hardbatch: embedding",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embed ``indices`` with ``embed_fn`` in batches, without gradients.
-
-    Under ``torch.distributed`` the indices are split across the ranks (contiguous shards),
-    each rank embeds its shard and the rows are all-gathered, so every rank returns the same
-    full arrays.
+    A policy declares its contract as class attributes, checked by :meth:`check` when it is
+    made (:func:`make_refresh_policy`), and produces an epoch's batches through
+    :meth:`epoch_batches` (or yields them through :meth:`epoch_rows`). The sampler never tests
+    a policy's name: it asks these hooks, and keeps the caching, the batch shuffle and the DDP
+    split to itself.
 
     Parameters
     ----------
-    embed_fn : callable
-        ``embed_fn(idx) -> (queries, targets)``; ``idx`` is an int64 array of sample ids and
-        the results are (len(idx), d) arrays or tensors. It should put the model in eval mode
-        itself if it wants to (the sampler only disables gradients). Under DDP, call the
-        unwrapped model (``ddp_model.module``): the wrapper's forward may run collectives.
-    indices : np.ndarray of shape (n,)
-        Sample ids to embed, in the order the rows are returned.
-    batch_size : int
-        At most this many ids per ``embed_fn`` call (the rows are split evenly over the calls).
-    progress : bool or None
-        Progress bar (rank 0 only); ``None``: only for n >= 10 000.
-
-    Returns
-    -------
-    queries, targets : np.ndarray of shape (n, d), float32
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    batch_size = check_positive_int(batch_size, "embed_batch_size")
-    world, rank = ddp.world_size(), ddp.rank()
-    shards = np.array_split(indices, world)
-    local = shards[rank]
-    # Every rank makes the same number of embed_fn calls (shards differ by at most one row),
-    # so an embed_fn that runs collectives (e.g. a DDP forward syncing buffers) cannot hang.
-    n_calls = -(-len(shards[0]) // batch_size)
-    chunks = [c for c in np.array_split(local, n_calls) if len(c)] if n_calls else []
-    show = (len(indices) >= 10_000 if progress is None else bool(progress)) and rank == 0
-    q_parts: list[np.ndarray] = []
-    t_parts: list[np.ndarray] = []
-    with torch.no_grad(), tqdm(total=len(local), desc=desc, disable=not show, unit="ex") as bar:
-        for chunk in chunks:
-            q, t = embed_fn(chunk)
-            q, t = to_numpy_rows(q, "embed_fn queries"), to_numpy_rows(t, "embed_fn targets")
-            if len(q) != len(chunk) or len(t) != len(chunk):
-                raise ValueError(
-                    f"embed_fn returned {len(q)} query and {len(t)} target rows for "
-                    f"{len(chunk)} indices"
-                )
-            q_parts.append(q)
-            t_parts.append(t)
-            bar.update(len(chunk))
-    queries = np.concatenate(q_parts) if q_parts else None
-    targets = np.concatenate(t_parts) if t_parts else None
-    if world > 1:
-        queries = ddp.all_gather_shards(queries, len(indices))
-        targets = ddp.all_gather_shards(targets, len(indices))
-    return queries, targets
-
-
-# ---------------------------------------------------------------------------------- recorder
-class EmbeddingRecorder:
-    """The latest training-time query/target embedding of every sample, by sample index.
-
-    Feed it from the training loop (``recorder.record(idx, q_emb, t_emb)``), from
-    :class:`hardbatch.sentence_transformers.RecordingLoss`, or from
-    :meth:`hardbatch.HardBatchSampler.record`; the sampler plans the next epoch from
-    :meth:`embeddings`.
-
-    Parameters
-    ----------
-    n_samples : int
-        N, the number of samples (rows).
-
-    Attributes
-    ----------
-    queries_, targets_ : np.ndarray of shape (N, d), float32, or None
-        Latest embeddings (allocated at the first record; d is taken from it).
-    stamps_ : np.ndarray of shape (N,), int64
-        When each row was last written (a counter; ``-1``: never). Under DDP the newest stamp
-        wins when the ranks' recordings are merged (:meth:`synchronize`).
+    planning : Planning
+        The sampler's planning settings.
     """
 
-    def __init__(self, n_samples: int) -> None:
-        self.n_samples = check_positive_int(n_samples, "n_samples")
-        self.queries_: np.ndarray | None = None
-        self.targets_: np.ndarray | None = None
-        self.stamps_ = np.full(self.n_samples, -1, dtype=np.int64)
-        self._clock = 0
-        self._synced_clock = -1
+    #: The ``refresh=`` value naming the policy.
+    name: ClassVar[str] = ""
+    #: Whether each epoch is planned afresh (so a plan given up front cannot be served, and an
+    #: epoch iterated twice without ``set_epoch`` serves a stale plan).
+    replans: ClassVar[bool] = True
+    #: Whether the policy calls ``embed_fn`` while training (not only for a first plan).
+    needs_embed_fn: ClassVar[bool] = False
+    #: Whether the training step records embeddings for it (an ``EmbeddingRecorder``); the
+    #: sampler then tracks the batches it hands out (``hardbatch.recording.BatchTracker``).
+    records: ClassVar[bool] = False
 
-    # ------------------------------------------------------------------ writing
-    def _allocate(self, dim: int) -> None:
-        self.queries_ = np.zeros((self.n_samples, dim), dtype=np.float32)
-        self.targets_ = np.zeros((self.n_samples, dim), dtype=np.float32)
+    def __init__(self, planning: Planning) -> None:
+        self.planning = planning
+        #: Where recorded embeddings are kept (policies that record).
+        self.recorder: EmbeddingRecorder | None = None
 
-    def record(self, indices: Any, query_embeddings: Any, target_embeddings: Any) -> None:
-        """Store the embeddings of samples ``indices`` (rows in the same order).
+    @classmethod
+    def check(
+        cls,
+        *,
+        method_cls: type[Planner],
+        plan_given: bool,
+        embed_fn_given: bool,
+        embeddings_given: bool,
+    ) -> None:
+        """Raise ``ValueError`` when this policy cannot serve the given combination."""
+        if plan_given and cls.replans:
+            raise ValueError(f"a given plan is static: refresh={cls.name!r} needs plan=None")
+        if cls.needs_embed_fn and not embed_fn_given:
+            raise ValueError(f"refresh={cls.name!r} needs embed_fn=")
 
-        Parameters
-        ----------
-        indices : array-like of int, shape (b,)
-            Sample ids (dataset indices) of the rows.
-        query_embeddings, target_embeddings : tensor or array of shape (b, d)
-            Detached and copied to host memory as float32; gradients are not kept.
+    @classmethod
+    def build(
+        cls,
+        planning: Planning,
+        *,
+        plan: BatchPlan | None = None,
+        refresh_every: int | None = None,
+        initial: str = "auto",
+        recorder: EmbeddingRecorder | None = None,
+    ) -> RefreshPolicy:
+        """Make the policy from the sampler's options, refusing the ones it does not use."""
+        _refuse_unused(refresh_every=refresh_every, recorder=recorder)
+        return cls(planning)
+
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        """The global batches of ``epoch`` (rows right-padded with ``PAD``), planned now."""
+        raise NotImplementedError(f"refresh={self.name!r} plans inside the epoch (epoch_rows)")
+
+    def epoch_rows(self, epoch: int, batches_for: BatchesFor) -> Iterator[np.ndarray]:
+        """The global batches of ``epoch`` in serving order, padding removed.
+
+        ``batches_for`` is the sampler's cached (and, with ``shuffle_batches``, shuffled)
+        :meth:`epoch_batches`.
         """
-        idx = np.asarray(
-            indices.detach().cpu().numpy() if isinstance(indices, torch.Tensor) else indices,
-            dtype=np.int64,
-        ).ravel()
-        q = to_numpy_rows(query_embeddings, "query_embeddings")
-        t = to_numpy_rows(target_embeddings, "target_embeddings")
-        if len(q) != len(idx) or len(t) != len(idx):
-            raise ValueError(
-                f"record() got {len(idx)} indices but {len(q)} query and {len(t)} target rows"
-            )
-        if q.shape[1] != t.shape[1]:
-            raise ValueError(
-                f"query and target embeddings differ in dimension: {q.shape[1]} vs {t.shape[1]}"
-            )
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n_samples):
-            raise ValueError(
-                f"indices must be in [0, {self.n_samples}), got {idx.min()}..{idx.max()}"
-            )
-        if self.queries_ is None:
-            self._allocate(q.shape[1])
-        elif q.shape[1] != self.queries_.shape[1]:
-            raise ValueError(
-                f"embedding dimension changed: recorder holds d={self.queries_.shape[1]}, "
-                f"got d={q.shape[1]}"
-            )
-        self.queries_[idx] = q
-        self.targets_[idx] = t
-        self._clock += 1
-        self.stamps_[idx] = self._clock
+        for row in batches_for(epoch):
+            yield row[row != PAD]
 
-    def set_all(self, queries: Any, targets: Any) -> None:
-        """Initialise every row (e.g. from an initial embedding pass); stamps become 0."""
-        q = to_numpy_rows(queries, "queries")
-        t = to_numpy_rows(targets, "targets")
-        if len(q) != self.n_samples or len(t) != self.n_samples:
-            raise ValueError(
-                f"initial embeddings must have N={self.n_samples} rows, got {len(q)} and {len(t)}"
-            )
-        self._allocate(q.shape[1])
-        self.queries_[:] = q
-        self.targets_[:] = t
-        self.stamps_[:] = 0
-        self._clock = max(self._clock, 0)
+    def n_batches(self, epoch: int, batches_for: BatchesFor) -> int:
+        """Exact number of global batches of ``epoch``.
 
-    # ------------------------------------------------------------------ reading
-    @property
-    def known(self) -> np.ndarray:
-        """Bool mask (N,): rows that hold an embedding."""
-        return self.stamps_ >= 0
-
-    @property
-    def n_known(self) -> int:
-        """Number of samples with an embedding."""
-        return int(np.count_nonzero(self.known))
-
-    def embeddings(self, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The (N, d) query and target embeddings to plan from.
-
-        Rows never recorded (e.g. leftovers dropped by ``drop_last`` with no initial pass) get
-        a seeded random vector, which places them at random in the plan.
-
-        Raises
-        ------
-        ValueError
-            Nothing was recorded at all.
+        A method that re-plans each epoch cuts N into full batches plus the leftover, so it is
+        counted without planning; a method with its own rule (clusters) may cut N into a
+        different number of batches, so the epoch is planned now.
         """
-        if self.queries_ is None:
-            raise ValueError("the recorder holds no embeddings yet (nothing was recorded)")
-        unknown = np.flatnonzero(~self.known)
-        if unknown.size == 0:
-            return self.queries_, self.targets_
-        rng = np.random.default_rng([int(seed), 0x5EED])
-        queries, targets = self.queries_.copy(), self.targets_.copy()
-        d = queries.shape[1]
-        queries[unknown] = rng.standard_normal((unknown.size, d), dtype=np.float32)
-        targets[unknown] = rng.standard_normal((unknown.size, d), dtype=np.float32)
-        return queries, targets
-
-    # ------------------------------------------------------------------ DDP
-    def synchronize(self) -> None:
-        """Merge the recordings of all ranks (no-op outside ``torch.distributed``).
-
-        Every rank records only the samples it trained on; after this call every rank holds
-        the newest embedding of every sample (newest stamp wins; equal stamps are averaged).
-        Only rows written since the last synchronisation travel. Collective: call it on every
-        rank.
-        """
-        if ddp.world_size() <= 1:
-            return
-        dim = ddp.all_reduce_max_int(-1 if self.queries_ is None else self.queries_.shape[1])
-        if dim < 0:
-            return  # nobody recorded anything
-        if self.queries_ is None:
-            self._allocate(dim)
-        newest = ddp.all_reduce_max_array(self.stamps_)
-        changed = np.flatnonzero(newest > self._synced_clock)
-        if changed.size:
-            owner = (self.stamps_[changed] == newest[changed]).astype(np.float32)
-            owners = ddp.all_reduce_sum_array(owner)
-            for rows in (self.queries_, self.targets_):
-                block = rows[changed] * owner[:, None]
-                total = ddp.all_reduce_sum_array(block)
-                rows[changed] = total / np.maximum(owners, 1)[:, None]
-        self.stamps_ = newest
-        self._clock = int(newest.max(initial=0))
-        self._synced_clock = self._clock
+        if self.planning.method_cls.replans_each_epoch:
+            return self.planning.full_batch_count()
+        return len(batches_for(epoch))
 
     def __repr__(self) -> str:
-        d = None if self.queries_ is None else self.queries_.shape[1]
-        return f"EmbeddingRecorder(n_samples={self.n_samples}, dim={d}, known={self.n_known})"
+        return f"{type(self).__name__}()"
 
 
-# ---------------------------------------------------------------------------------- tracker
-class BatchTracker:
-    """First-in first-out queue of the batches handed to this process, for loss-side recording.
-
-    A loss wrapper does not see sample indices, only features. The sampler pushes every batch
-    this process will train on, in order; the wrapper pops one per training batch. DataLoader
-    prefetching and gradient accumulation keep the order, so the queue stays aligned as long
-    as every pushed batch reaches the loss once, in order (the queue is cleared at each epoch
-    start). Each entry carries the recorder of the sampler that yielded it, so one queue can
-    serve several samplers (a ``DatasetDict``).
+class NeverRefresh(RefreshPolicy):
+    """``refresh="never"``: one plan, given or made once, varied per epoch by the method's rule.
 
     Parameters
     ----------
-    num_replicas, rank : int
-        When the batch stream is sharded downstream (accelerate gives batch ``j`` to rank
-        ``j % num_replicas``), only this rank's batches are kept.
+    planning : Planning
+    plan : BatchPlan, optional
+        A given plan; otherwise one is made at the first use, from ``embeddings`` or one
+        ``embed_fn`` pass (or from N alone for methods that read no embeddings), seeded with
+        the sampler's seed (not per epoch).
     """
 
-    def __init__(self, num_replicas: int = 1, rank: int = 0) -> None:
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self._queue: deque[tuple[EmbeddingRecorder, np.ndarray]] = deque()
-        self._position = 0
-        self.mismatches_ = 0
+    name = "never"
+    replans = False
 
-    def reset(self) -> None:
-        """Forget queued batches (epoch start)."""
-        self._queue.clear()
-        self._position = 0
+    def __init__(self, planning: Planning, plan: BatchPlan | None = None) -> None:
+        super().__init__(planning)
+        self.plan_: BatchPlan | None = plan
 
-    def push(self, recorder: EmbeddingRecorder, batch: Sequence[int]) -> None:
-        """A batch was handed out (in stream order)."""
-        if self._position % self.num_replicas == self.rank:
-            self._queue.append((recorder, np.asarray(batch, dtype=np.int64)))
-        self._position += 1
+    @classmethod
+    def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
+        super().check(
+            method_cls=method_cls,
+            plan_given=plan_given,
+            embed_fn_given=embed_fn_given,
+            embeddings_given=embeddings_given,
+        )
+        if not plan_given and method_cls.uses_embeddings:
+            if not (embeddings_given or embed_fn_given):
+                raise ValueError(
+                    f"method {method_cls.name!r} needs embeddings=, embed_fn= or plan= to plan once"
+                )
 
-    def pop(self, batch_size: int) -> tuple[EmbeddingRecorder, np.ndarray] | None:
-        """The oldest queued batch, if it has ``batch_size`` samples; else ``None``.
+    @classmethod
+    def build(cls, planning, *, plan=None, refresh_every=None, initial="auto", recorder=None):
+        _refuse_unused(refresh_every=refresh_every, recorder=recorder)
+        return cls(planning, plan)
 
-        A size mismatch means the queue lost alignment (e.g. an unusual batch sharding); the
-        queue is then cleared and recording resumes at the next epoch, with a warning.
-        """
-        if not self._queue:
-            return None
-        recorder, batch = self._queue.popleft()
-        if len(batch) != batch_size:
-            self.mismatches_ += 1
-            self._queue.clear()
-            warnings.warn(
-                f"hardbatch: the training batch has {batch_size} samples but the next batch the "
-                f"sampler handed out has {len(batch)}; embedding recording is paused until the "
-                "next epoch",
-                RuntimeWarning,
-                stacklevel=3,
+    def static_plan(self, epoch: int) -> BatchPlan:
+        """The one plan (made now if needed; ``epoch`` only labels the history entry)."""
+        if self.plan_ is None:
+            planning = self.planning
+            watch = Stopwatch()
+            queries = targets = None
+            if planning.method_cls.uses_embeddings:
+                with watch("embed"):
+                    queries, targets = planning.initial_embeddings()
+            with watch("plan"):
+                self.plan_ = planning.plan(queries, targets, seed=planning.seed)
+            planning.log(
+                self.plan_, epoch=epoch, step=0, policy=self.name, n=planning.n_samples, watch=watch
             )
-            return None
-        return recorder, batch
+        return self.plan_
 
-    def __len__(self) -> int:
-        return len(self._queue)
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        return self.static_plan(epoch).for_epoch(epoch)
 
-
-class Stopwatch:
-    """Accumulates named durations (seconds) for the sampler's ``history_``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str) -> _Lap:
-        return _Lap(self, name)
+    def n_batches(self, epoch: int, batches_for: BatchesFor) -> int:
+        return len(self.static_plan(epoch).for_epoch(epoch))
 
 
-class _Lap:
-    def __init__(self, watch: Stopwatch, name: str) -> None:
-        self.watch, self.name = watch, name
+class EpochRefresh(RefreshPolicy):
+    """``refresh="epoch"``: an ``embed_fn`` pass over every sample, then a plan, each epoch."""
 
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
+    name = "epoch"
+    needs_embed_fn = True
 
-    def __exit__(self, *exc: object) -> None:
-        elapsed = time.perf_counter() - self.start
-        self.watch.seconds[self.name] = self.watch.seconds.get(self.name, 0.0) + elapsed
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        planning = self.planning
+        watch = Stopwatch()
+        with watch("embed"):
+            queries, targets = planning.embed(np.arange(planning.n_samples))
+        with watch("plan"):
+            plan = planning.plan(queries, targets, seed=planning.epoch_seed(epoch))
+        planning.log(plan, epoch=epoch, step=0, policy=self.name, n=planning.n_samples, watch=watch)
+        return plan.batches
+
+
+class RecordedRefresh(RefreshPolicy):
+    """``refresh="recorded"``: plan each epoch from the embeddings the training step recorded.
+
+    Parameters
+    ----------
+    planning : Planning
+    recorder : EmbeddingRecorder
+        Where the training step's embeddings are kept (merged across ranks before planning).
+    initial_pass : bool
+        How the first epoch is planned while nothing is recorded: from the given embeddings or
+        one ``embed_fn`` pass (True), or with the ``random`` method (False).
+    """
+
+    name = "recorded"
+    records = True
+
+    def __init__(self, planning: Planning, recorder: EmbeddingRecorder, initial_pass: bool) -> None:
+        super().__init__(planning)
+        self.recorder = recorder
+        self.initial_pass = bool(initial_pass)
+
+    @classmethod
+    def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
+        super().check(
+            method_cls=method_cls,
+            plan_given=plan_given,
+            embed_fn_given=embed_fn_given,
+            embeddings_given=embeddings_given,
+        )
+        if not method_cls.uses_embeddings:
+            raise ValueError(f"method {method_cls.name!r} reads no embeddings: nothing to record")
+
+    @classmethod
+    def build(cls, planning, *, plan=None, refresh_every=None, initial="auto", recorder=None):
+        _refuse_unused(refresh_every=refresh_every)
+        if recorder is None:
+            recorder = EmbeddingRecorder(planning.n_samples)
+        elif recorder.n_samples != planning.n_samples:
+            raise ValueError(
+                f"recorder holds N={recorder.n_samples} samples, dataset has N={planning.n_samples}"
+            )
+        can_embed = planning.embed_fn is not None or planning.embeddings is not None
+        return cls(planning, recorder, initial == "embed" or (initial == "auto" and can_embed))
+
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        planning, recorder = self.planning, self.recorder
+        watch = Stopwatch()
+        seed = planning.epoch_seed(epoch)
+        method = planning.method
+        with watch("sync"):
+            recorder.synchronize()
+        queries = targets = None
+        if recorder.n_known == 0:
+            if self.initial_pass:
+                with watch("embed"):
+                    recorder.set_all(*planning.initial_embeddings())
+            else:
+                method = "random"  # initial="random": nothing to plan from yet
+        if method != "random":
+            queries, targets = recorder.embeddings(seed=seed)
+        with watch("plan"):
+            plan = planning.plan(queries, targets, seed=seed, method=method)
+        planning.log(plan, epoch=epoch, step=0, policy=self.name, n=planning.n_samples, watch=watch)
+        return plan.batches
+
+
+class StepsRefresh(RefreshPolicy):
+    """``refresh="steps"``: re-plan the samples not yet served every ``refresh_every`` batches,
+    so each sample still appears once per epoch.
+
+    Parameters
+    ----------
+    planning : Planning
+    refresh_every : int
+        Batches served between re-plans.
+    """
+
+    name = "steps"
+    needs_embed_fn = True
+
+    def __init__(self, planning: Planning, refresh_every: int) -> None:
+        super().__init__(planning)
+        self.refresh_every = check_positive_int(refresh_every, "refresh_every")
+
+    @classmethod
+    def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
+        super().check(
+            method_cls=method_cls,
+            plan_given=plan_given,
+            embed_fn_given=embed_fn_given,
+            embeddings_given=embeddings_given,
+        )
+        if not method_cls.replans_each_epoch:
+            raise ValueError(
+                f"refresh='steps' re-plans the rest of an epoch; method {method_cls.name!r} keeps "
+                "its own per-epoch rule (use refresh='never' or 'epoch')"
+            )
+
+    @classmethod
+    def build(cls, planning, *, plan=None, refresh_every=None, initial="auto", recorder=None):
+        _refuse_unused(recorder=recorder)
+        return cls(planning, refresh_every)
+
+    def epoch_rows(self, epoch: int, batches_for: BatchesFor) -> Iterator[np.ndarray]:
+        planning = self.planning
+        remaining = np.arange(planning.n_samples, dtype=np.int64)
+        step = 0
+        while len(remaining):
+            if len(remaining) < planning.batch_size:  # too few to plan: the leftover batch
+                if not planning.drop_last:
+                    yield remaining
+                return
+            watch = Stopwatch()
+            with watch("embed"):
+                queries, targets = planning.embed(remaining)
+            with watch("plan"):
+                sub = planning.plan(
+                    queries, targets, seed=planning.epoch_seed(epoch, step), subset=remaining
+                )
+            planning.log(
+                sub, epoch=epoch, step=step, policy=self.name, n=len(remaining), watch=watch
+            )
+            batches = sub.batches
+            if planning.shuffle_batches:
+                batches = shuffle_full_rows(batches, epoch_rng(planning.epoch_seed(epoch, step), 0))
+            served = np.zeros(len(remaining), dtype=bool)
+            for k, row in enumerate(batches):
+                ids = row[row != PAD]
+                yield remaining[ids]
+                served[ids] = True
+                step += 1
+                if k + 1 == self.refresh_every and k + 1 < len(batches):
+                    break
+            else:
+                return  # plan exhausted: the epoch is complete
+            remaining = remaining[~served]
+
+    def __repr__(self) -> str:
+        return f"StepsRefresh(refresh_every={self.refresh_every})"
+
+
+def _refuse_unused(*, refresh_every: int | None = None, recorder: Any = None) -> None:
+    """Options only some policies use must not be given to the others."""
+    if refresh_every is not None:
+        raise ValueError("refresh_every is only used with refresh='steps'")
+    if recorder is not None:
+        raise ValueError("recorder= is only used with refresh='recorded'")
+
+
+#: The policies by ``refresh=`` name.
+POLICY_CLASSES: dict[str, type[RefreshPolicy]] = {
+    cls.name: cls for cls in (NeverRefresh, EpochRefresh, RecordedRefresh, StepsRefresh)
+}
+
+#: Names accepted by ``HardBatchSampler(refresh=...)``.
+REFRESH_POLICIES = ("auto", *POLICY_CLASSES)
+
+#: Values of ``initial=`` (the first epoch of ``refresh="recorded"``).
+INITIAL_RULES = ("auto", "embed", "random")
+
+
+# ---------------------------------------------------------------------------------- factory
+def resolve_refresh(
+    refresh: str | None,
+    *,
+    method_cls: type[Planner],
+    plan_given: bool = False,
+    embed_fn_given: bool = False,
+    embeddings_given: bool = False,
+    embed_fn_follows_model: bool = True,
+) -> str:
+    """The policy name that ``refresh`` stands for (``"auto"`` resolved), without checks.
+
+    ``"auto"``: ``"never"`` for a given plan or a method with its own per-epoch rule
+    (``method_cls.replans_each_epoch`` false); ``"epoch"`` when an ``embed_fn`` follows the
+    model being trained; ``"never"`` when the embeddings are fixed (``embeddings=``, or an
+    ``embed_fn`` of a fixed teacher: ``embed_fn_follows_model=False``); otherwise
+    ``ValueError``. ``None`` means ``"never"``.
+    """
+    if refresh is None:
+        refresh = "never"
+    if refresh not in REFRESH_POLICIES:
+        raise ValueError(f"refresh must be one of {REFRESH_POLICIES}, got {refresh!r}")
+    if refresh != "auto":
+        return refresh
+    if plan_given or not method_cls.replans_each_epoch:
+        return "never"
+    if embed_fn_given and embed_fn_follows_model:
+        return "epoch"
+    if embeddings_given or embed_fn_given:
+        return "never"
+    raise ValueError(
+        f"method {method_cls.name!r} plans from embeddings: give embed_fn= (re-plan each "
+        "epoch from the current model), embeddings= (plan once), plan=, or "
+        "refresh='recorded' (plan from the embeddings the training step records)"
+    )
+
+
+def make_refresh_policy(
+    refresh: str | None,
+    planning: Planning,
+    *,
+    plan: BatchPlan | None = None,
+    refresh_every: int | None = None,
+    initial: str = "auto",
+    recorder: EmbeddingRecorder | None = None,
+) -> RefreshPolicy:
+    """The refresh policy for ``refresh`` (``"auto"`` resolved by :func:`resolve_refresh`).
+
+    Parameters
+    ----------
+    refresh : {"auto", "never", "epoch", "recorded", "steps"} or None
+    planning : Planning
+        The sampler's settings (method, embeddings, ``embed_fn``, N, ...).
+    plan : BatchPlan, optional
+        A given static plan (only ``"never"`` serves one).
+    refresh_every : int, optional
+        Batches between re-plans; only with ``"steps"``.
+    initial : {"auto", "embed", "random"}
+        First epoch of ``"recorded"``: ``"embed"`` plans from the given embeddings or one
+        ``embed_fn`` pass, ``"random"`` from nothing; ``"auto"`` embeds when it can.
+    recorder : EmbeddingRecorder, optional
+        Only with ``"recorded"`` (default: a new one for N samples).
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or a combination the policy cannot serve (a given plan with a
+        re-planning policy, ``"epoch"``/``"steps"`` without ``embed_fn``, ``"recorded"`` for a
+        method that reads no embeddings, ``"steps"`` for a method with its own per-epoch rule,
+        nothing to plan once from, a misplaced ``refresh_every``/``recorder``, ...).
+    """
+    given = {
+        "method_cls": planning.method_cls,
+        "plan_given": plan is not None,
+        "embed_fn_given": planning.embed_fn is not None,
+        "embeddings_given": planning.embeddings is not None,
+    }
+    cls = POLICY_CLASSES[resolve_refresh(refresh, **given)]
+    cls.check(**given)
+    if initial not in INITIAL_RULES:
+        raise ValueError(f"initial must be 'auto', 'embed' or 'random', got {initial!r}")
+    if initial == "embed" and not (given["embed_fn_given"] or given["embeddings_given"]):
+        raise ValueError("initial='embed' needs embed_fn or embeddings")
+    return cls.build(
+        planning, plan=plan, refresh_every=refresh_every, initial=initial, recorder=recorder
+    )
+
+
+__all__ = [
+    "INITIAL_RULES",
+    "POLICY_CLASSES",
+    "REFRESH_POLICIES",
+    "EpochRefresh",
+    "NeverRefresh",
+    "RecordedRefresh",
+    "RefreshPolicy",
+    "StepsRefresh",
+    "make_refresh_policy",
+    "resolve_refresh",
+]

@@ -14,7 +14,7 @@ Where the plan comes from
   keeps its batches).
 * ``embeddings=(X, Y)`` — plan once from given (teacher) embeddings, then as above.
 * ``embed_fn=`` with ``refresh="epoch" | "steps"`` — re-plan from the current model
-  (see :mod:`hardbatch.refresh` for the policies and their staleness).
+  (see :mod:`hardbatch.refresh` for the policies — one class each — and their staleness).
 * ``refresh="recorded"`` — re-plan each epoch from the embeddings the training step computed
   (:meth:`HardBatchSampler.record`), with no extra forward pass.
 * methods that need no embeddings (``"random"``) — just ``n_samples``.
@@ -24,7 +24,7 @@ every sample appears exactly once (the ``drop_last`` rule of :mod:`hardbatch.bat
 batches are deterministic for ``(seed, epoch)`` and the embeddings they were planned from;
 under ``torch.distributed`` every rank serves the same plan (planned on rank 0 and broadcast)
 and, with ``shard=True``, its own contiguous ``batch_size / world_size`` slice of every global
-batch (see :mod:`hardbatch.ddp`). Padding (``-1``) never reaches the DataLoader.
+batch (see :mod:`hardbatch.distributed.torch_ddp`). Padding (``-1``) never reaches the DataLoader.
 """
 
 from __future__ import annotations
@@ -36,20 +36,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from . import ddp
-from .batching import PAD, epoch_rng
+from .batching import epoch_rng
+from .distributed import torch_ddp as ddp
 from .methods import get_method
 from .methods.base import COMMON_PARAMS
+from .planning import EmbedFn, Planning, shuffle_full_rows
 from .plans import BatchPlan
-from .refresh import (
-    REFRESH_POLICIES,
-    BatchTracker,
-    EmbeddingRecorder,
-    EmbedFn,
-    Stopwatch,
-    embed_pass,
-    to_numpy_rows,
-)
+from .recording import BatchTracker, EmbeddingRecorder, to_numpy_rows
+from .refresh import RefreshPolicy, make_refresh_policy
 from .validation import ArrayLike, check_batch_size, check_positive_int, check_seed
 
 #: Default ``batch_size`` when neither it nor a plan is given.
@@ -59,9 +53,9 @@ DEFAULT_BATCH_SIZE = 64
 def is_static_method(method: str) -> bool:
     """Whether a method's plan is made once and varied per epoch by its own rule.
 
-    True for methods that read no embeddings (``random``) and for methods with their own
-    per-epoch rule (``b3`` reshuffles static clusters); False for methods meant to be re-planned
-    from fresh embeddings (``gcbs``).
+    Reads the method's declared ``Planner.replans_each_epoch``: true for methods that read no
+    embeddings (``random``) and for methods with their own per-epoch rule (``b3`` reshuffles
+    static clusters); false for methods meant to be re-planned from fresh embeddings (``gcbs``).
     """
     return not get_method(method).replans_each_epoch
 
@@ -132,6 +126,11 @@ class HardBatchSampler(Sampler[list[int]]):
     ----------
     epoch : int
         Set by :meth:`set_epoch`.
+    policy : RefreshPolicy
+        The refresh policy serving the epochs (:func:`hardbatch.refresh.make_refresh_policy`);
+        ``refresh`` is its name.
+    planning : Planning
+        The settings the policy plans with (``planning.epoch_seed(e)`` is epoch ``e``'s seed).
     plan_ : BatchPlan or None
         The latest plan made or served.
     recorder : EmbeddingRecorder or None
@@ -234,28 +233,32 @@ class HardBatchSampler(Sampler[list[int]]):
         if self.embeddings is not None:
             self.embeddings = self._check_embeddings(embeddings)
 
-        self.refresh = self._resolve_refresh(refresh)
-        if initial not in ("auto", "embed", "random"):
-            raise ValueError(f"initial must be 'auto', 'embed' or 'random', got {initial!r}")
-        if initial == "embed" and embed_fn is None and embeddings is None:
-            raise ValueError("initial='embed' needs embed_fn or embeddings")
         self.initial = initial
-        self.recorder: EmbeddingRecorder | None = None
-        self.tracker: BatchTracker | None = None
-        if self.refresh == "recorded":
-            self.recorder = recorder if recorder is not None else EmbeddingRecorder(self.n_samples)
-            if self.recorder.n_samples != self.n_samples:
-                raise ValueError(
-                    f"recorder holds N={self.recorder.n_samples} samples, dataset has "
-                    f"N={self.n_samples}"
-                )
-            self.tracker = BatchTracker()
-        elif recorder is not None:
-            raise ValueError("recorder= is only used with refresh='recorded'")
-
-        self.plan_: BatchPlan | None = plan
-        self.history_: list[dict[str, Any]] = []
-        self._static_plan: BatchPlan | None = plan
+        self.planning = Planning(
+            method=self.method,
+            n_samples=self.n_samples,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            seed=self.seed,
+            method_params=self.method_params,
+            duplicate_ids=self.duplicate_ids,
+            embeddings=self.embeddings,
+            embed_fn=embed_fn,
+            embed_batch_size=self.embed_batch_size,
+            progress=progress,
+            shuffle_batches=self.shuffle_batches,
+            plan=plan,
+        )
+        self.policy: RefreshPolicy = make_refresh_policy(
+            refresh,
+            self.planning,
+            plan=plan,
+            refresh_every=refresh_every,
+            initial=initial,
+            recorder=recorder,
+        )
+        self.recorder: EmbeddingRecorder | None = self.policy.recorder
+        self.tracker: BatchTracker | None = BatchTracker() if self.policy.records else None
         self._cache: tuple[int, np.ndarray] | None = None
         self._last_iter_epoch: int | None = None
 
@@ -300,46 +303,21 @@ class HardBatchSampler(Sampler[list[int]]):
                 )
         return queries, targets
 
-    def _resolve_refresh(self, refresh: str) -> str:
-        if refresh is None:
-            refresh = "never"
-        if refresh not in REFRESH_POLICIES:
-            raise ValueError(f"refresh must be one of {REFRESH_POLICIES}, got {refresh!r}")
-        static = self.plan is not None or is_static_method(self.method)
-        if refresh == "auto":
-            if static:
-                refresh = "never"
-            elif self.embed_fn is not None:
-                refresh = "epoch"
-            elif self.embeddings is not None:
-                refresh = "never"
-            else:
-                raise ValueError(
-                    f"method {self.method!r} plans from embeddings: give embed_fn= (re-plan each "
-                    "epoch from the current model), embeddings= (plan once), plan=, or "
-                    "refresh='recorded' (plan from the embeddings the training step records)"
-                )
-        if self.plan is not None and refresh != "never":
-            raise ValueError(f"a given plan is static: refresh={refresh!r} needs plan=None")
-        if refresh in ("epoch", "steps") and self.embed_fn is None:
-            raise ValueError(f"refresh={refresh!r} needs embed_fn=")
-        if refresh == "recorded" and not get_method(self.method).uses_embeddings:
-            raise ValueError(f"method {self.method!r} reads no embeddings: nothing to record")
-        if refresh == "never" and self.plan is None and get_method(self.method).uses_embeddings:
-            if self.embeddings is None and self.embed_fn is None:
-                raise ValueError(
-                    f"method {self.method!r} needs embeddings=, embed_fn= or plan= to plan once"
-                )
-        if refresh == "steps" and is_static_method(self.method):
-            raise ValueError(
-                f"refresh='steps' re-plans the rest of an epoch; method {self.method!r} keeps "
-                "its own per-epoch rule (use refresh='never' or 'epoch')"
-            )
-        if refresh == "steps":
-            self.refresh_every = check_positive_int(self.refresh_every, "refresh_every")
-        elif self.refresh_every is not None:
-            raise ValueError("refresh_every is only used with refresh='steps'")
-        return refresh
+    # ------------------------------------------------------------------ policy views
+    @property
+    def refresh(self) -> str:
+        """Name of the refresh policy (``"auto"`` resolved)."""
+        return self.policy.name
+
+    @property
+    def plan_(self) -> BatchPlan | None:
+        """The latest plan made or served."""
+        return self.planning.plan_
+
+    @property
+    def history_(self) -> list[dict[str, Any]]:
+        """One entry per planning run (see the class docstring)."""
+        return self.planning.history_
 
     # ------------------------------------------------------------------ sampler protocol
     def set_epoch(self, epoch: int) -> None:
@@ -352,18 +330,12 @@ class HardBatchSampler(Sampler[list[int]]):
         """Exact number of batches this epoch (per rank: one slice per global batch)."""
         if self._cache is not None and self._cache[0] == self.epoch:
             return len(self._cache[1])
-        if self.refresh == "never":
-            return len(self._static().for_epoch(self.epoch))
-        if self.refresh in ("epoch", "recorded") and is_static_method(self.method):
-            # Cluster methods may cut N into a different number of batches: plan now.
-            return len(self._batches_for(self.epoch))
-        n_full, rest = divmod(self.n_samples, self.batch_size)
-        return n_full + (1 if rest and not self.drop_last else 0)
+        return self.policy.n_batches(self.epoch, self._batches_for)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
         world, rank = self._replicas()
-        if self.refresh != "never" and self._last_iter_epoch == epoch:
+        if self.policy.replans and self._last_iter_epoch == epoch:
             warnings.warn(
                 f"HardBatchSampler: epoch {epoch} is iterated again with the same plan; call "
                 "sampler.set_epoch(epoch) before each epoch so that it re-plans",
@@ -373,16 +345,11 @@ class HardBatchSampler(Sampler[list[int]]):
         self._last_iter_epoch = epoch
         if self.tracker is not None:
             self.tracker.reset()
-        rows = self._iter_steps(epoch) if self.refresh == "steps" else self._iter_rows(epoch)
-        for row in rows:
+        for row in self.policy.epoch_rows(epoch, self._batches_for):
             batch = self._share(row, world, rank)
             if self.tracker is not None:
                 self.tracker.push(self.recorder, batch)
             yield batch.tolist()
-
-    def _iter_rows(self, epoch: int) -> Iterator[np.ndarray]:
-        for row in self._batches_for(epoch):
-            yield row[row != PAD]
 
     # ------------------------------------------------------------------ DDP share
     def _replicas(self) -> tuple[int, int]:
@@ -415,154 +382,16 @@ class HardBatchSampler(Sampler[list[int]]):
         part = np.array_split(batch, world)[rank]
         return part if len(part) else batch[[rank % len(batch)]]
 
-    # ------------------------------------------------------------------ planning
-    def _epoch_seed(self, epoch: int, step: int = 0) -> int:
-        state = np.random.SeedSequence([self.seed, int(epoch), int(step)]).generate_state(1)
-        return int(state[0] >> 1)
-
-    def _plan(
-        self,
-        queries: Any,
-        targets: Any,
-        *,
-        seed: int,
-        subset: np.ndarray | None = None,
-        method: str | None = None,
-    ) -> BatchPlan:
-        """Plan on rank 0 and broadcast the plan (every rank serves the same batches)."""
-        from .api import plan as make_plan
-
-        method = method or self.method
-        plan = None
-        if ddp.rank() == 0:
-            n = self.n_samples if subset is None else len(subset)
-            params = dict(self.method_params) if method == self.method else {}
-            if self.duplicate_ids is not None:
-                params["duplicate_ids"] = self.duplicate_ids
-            if subset is not None:  # per-sample arrays follow the subset
-                per_sample = ("duplicate_ids", *get_method(method).fit_params)
-                for key in per_sample:
-                    if params.get(key) is not None:
-                        params[key] = np.asarray(params[key])[subset]
-            uses = get_method(method).uses_embeddings
-            plan = make_plan(
-                method,
-                queries if uses else None,
-                targets if uses else None,
-                batch_size=self.batch_size,
-                seed=seed,
-                drop_last=self.drop_last,
-                n_samples=n,
-                **params,
-            )
-        return ddp.broadcast_object(plan)
-
-    def _static(self) -> BatchPlan:
-        """The plan of ``refresh="never"``: given, or made once (from seed, not per epoch)."""
-        if self._static_plan is None:
-            watch = Stopwatch()
-            queries = targets = None
-            if get_method(self.method).uses_embeddings:
-                with watch("embed"):
-                    queries, targets = self._initial_embeddings()
-            with watch("plan"):
-                self._static_plan = self._plan(queries, targets, seed=self.seed)
-            self.plan_ = self._static_plan
-            self._log(self.epoch, 0, "never", self.n_samples, watch)
-        return self._static_plan
-
-    def _initial_embeddings(self) -> tuple[Any, Any]:
-        if self.embeddings is not None:
-            return self.embeddings
-        return self._embed(np.arange(self.n_samples))
-
-    def _embed(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return embed_pass(
-            self.embed_fn, indices, batch_size=self.embed_batch_size, progress=self.progress
-        )
-
+    # ------------------------------------------------------------------ caching
     def _batches_for(self, epoch: int) -> np.ndarray:
         """The global batches of ``epoch`` (with padding), planned at most once per epoch."""
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        if self.refresh == "never":
-            batches = self._static().for_epoch(epoch)
-        else:
-            batches = self._refreshed_batches(epoch)
+        batches = self.policy.epoch_batches(epoch)
         if self.shuffle_batches:
-            batches = _shuffle_full_rows(batches, epoch_rng(self.seed, epoch))
+            batches = shuffle_full_rows(batches, epoch_rng(self.seed, epoch))
         self._cache = (epoch, batches)
         return batches
-
-    def _refreshed_batches(self, epoch: int) -> np.ndarray:
-        watch = Stopwatch()
-        seed = self._epoch_seed(epoch)
-        method = self.method
-        if self.refresh == "epoch":
-            with watch("embed"):
-                queries, targets = self._embed(np.arange(self.n_samples))
-        else:  # recorded
-            with watch("sync"):
-                self.recorder.synchronize()
-            queries = targets = None
-            if self.recorder.n_known == 0:
-                use_embed = self.initial == "embed" or (
-                    self.initial == "auto"
-                    and (self.embeddings is not None or self.embed_fn is not None)
-                )
-                if use_embed:
-                    with watch("embed"):
-                        self.recorder.set_all(*self._initial_embeddings())
-                else:
-                    method = "random"
-            if method != "random":
-                queries, targets = self.recorder.embeddings(seed=seed)
-        with watch("plan"):
-            plan = self._plan(queries, targets, seed=seed, method=method)
-        self.plan_ = plan
-        self._log(epoch, 0, self.refresh, self.n_samples, watch)
-        return plan.batches
-
-    def _iter_steps(self, epoch: int) -> Iterator[np.ndarray]:
-        """``refresh="steps"``: re-plan the samples not yet served every ``refresh_every``
-        batches, so each sample still appears once per epoch."""
-        remaining = np.arange(self.n_samples, dtype=np.int64)
-        step = 0
-        while len(remaining):
-            if len(remaining) < self.batch_size:  # too few to plan: the leftover batch
-                if not self.drop_last:
-                    yield remaining
-                return
-            watch = Stopwatch()
-            with watch("embed"):
-                queries, targets = self._embed(remaining)
-            with watch("plan"):
-                sub = self._plan(
-                    queries, targets, seed=self._epoch_seed(epoch, step), subset=remaining
-                )
-            self.plan_ = sub
-            self._log(epoch, step, "steps", len(remaining), watch)
-            batches = sub.batches
-            if self.shuffle_batches:
-                batches = _shuffle_full_rows(batches, epoch_rng(self._epoch_seed(epoch, step), 0))
-            served = np.zeros(len(remaining), dtype=bool)
-            for k, row in enumerate(batches):
-                ids = row[row != PAD]
-                yield remaining[ids]
-                served[ids] = True
-                step += 1
-                if k + 1 == self.refresh_every and k + 1 < len(batches):
-                    break
-            else:
-                return  # plan exhausted: the epoch is complete
-            remaining = remaining[~served]
-
-    def _log(self, epoch: int, step: int, policy: str, n: int, watch: Stopwatch) -> None:
-        seconds = dict(watch.seconds)
-        seconds["total"] = sum(seconds.values())
-        self.history_.append(
-            {"epoch": epoch, "step": step, "policy": policy, "n_samples": n, "seconds": seconds}
-        )
 
     # ------------------------------------------------------------------ recording
     def record(self, query_embeddings: Any, target_embeddings: Any, indices: Any = None) -> None:
@@ -600,15 +429,6 @@ class HardBatchSampler(Sampler[list[int]]):
             f"batch_size={self.batch_size}, refresh={self.refresh!r}, seed={self.seed}, "
             f"epoch={self.epoch})"
         )
-
-
-def _shuffle_full_rows(batches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Permute the full rows of a batch array among themselves; short (padded) rows keep
-    their positions (the short last batch stays last)."""
-    full = np.flatnonzero(~(batches == PAD).any(axis=1))
-    order = np.arange(len(batches))
-    order[full] = full[rng.permutation(len(full))]
-    return batches[order]
 
 
 __all__ = ["HardBatchSampler", "is_static_method"]

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..refresh import to_numpy_rows
+from ..recording import to_numpy_rows
 
 #: Columns the sentence-transformers collator treats as labels, never as text.
 LABEL_COLUMNS = ("label", "labels", "score", "scores")

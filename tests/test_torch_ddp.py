@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hardbatch import ddp
+from hardbatch.distributed import torch_ddp as ddp
 from hardbatch.synthetic import make_planted_pairs
 
 N, D, B, WORLD = 150, 8, 32, 2
@@ -23,7 +23,8 @@ WORKER = textwrap.dedent(
     """
     import pickle, sys
     import numpy as np, torch, torch.distributed as dist
-    from hardbatch import HardBatchSampler, ddp
+    from hardbatch import HardBatchSampler
+    from hardbatch.distributed import torch_ddp as ddp
     from hardbatch.synthetic import make_planted_pairs
 
     N, D, B = {N}, {D}, {B}
