@@ -349,7 +349,7 @@ def test_bad_embeddings(make_pair, change, message):
         ({"top_k": 100}, "k=100 must be smaller than N=100"),
         ({"top_k": 0}, "top_k must be an integer >= 1"),
         ({"metric": "l2"}, "metric must be one of"),
-        ({"n_threshold_pairs": 5}, "n_pairs must be an integer >= 100"),
+        ({"n_threshold_pairs": 5}, "n_threshold_pairs must be an integer >= 100"),
         ({"quantile": 0.01, "max_edges": 500}, "max_edges=500"),
         (
             {"quantile_": 0.9},

@@ -365,3 +365,34 @@ def test_purity_and_cohesion_check_their_input():
             measure(plan, np.zeros((20, 2), dtype=int))
         with pytest.raises(ValueError, match="BatchPlan"):
             measure(plan.batches, np.zeros(20, dtype=int))
+
+
+def _reference_pair_purity(plan, groups):
+    """Every unordered pair of every batch, compared one by one."""
+    same = total = 0
+    for ids in plan.iter_batches():
+        ids = list(ids)
+        for a in range(len(ids)):
+            for b in range(a + 1, len(ids)):
+                total += 1
+                same += groups[ids[a]] == groups[ids[b]]
+    return same / total
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_pair_purity_matches_reference(drop_last):
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 7, size=103)
+    plan = hardbatch.plan("random", n_samples=103, batch_size=10, seed=2, drop_last=drop_last)
+    assert metrics.pair_purity(plan, groups) == pytest.approx(_reference_pair_purity(plan, groups))
+
+
+def test_pair_purity_bounds():
+    groups = np.repeat(np.arange(4), 8)  # 4 groups of 8
+    perfect = hardbatch.BatchPlan(
+        batches=np.arange(32).reshape(2, 16), method="gcbs", n_samples=32, batch_size=16
+    )
+    # Two whole groups per batch: (8 - 1) / (16 - 1) of the pairs are same-group pairs.
+    assert metrics.pair_purity(perfect, groups) == pytest.approx(7 / 15)
+    with pytest.raises(ValueError):
+        metrics.pair_purity(perfect, groups[:10])

@@ -60,8 +60,7 @@ def make_sampler(pairs, refresh, *, n=N, batch_size=32, drop_last=False, **kwarg
         seed=0,
         drop_last=drop_last,
         refresh=refresh,
-        quantile=0.95,
-        **kwargs,
+        **{"quantile": 0.95, **kwargs} if "top_k" not in kwargs else kwargs,
     )
 
 

@@ -56,9 +56,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quantile",
         type=float,
-        default=0.995,
+        default=None,
         metavar="Q",
-        help="GCBS similarity quantile (default: 0.995: ~20 edges per sample at N=4096)",
+        help="GCBS similarity quantile (default: GCBS's own, 1 - 16/(N-1): ~16 pairs per row)",
     )
     parser.add_argument(
         "--temperature",
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(
         f"planned {gcbs_plan.n_batches} batches of {args.batch_size} with gcbs "
-        f"(quantile {args.quantile}) and random in {seconds:.2f} s"
+        f"(quantile {gcbs_plan.info['quantile']:.4g}) and random in {seconds:.2f} s"
     )
     print()
     rows = metrics.report(

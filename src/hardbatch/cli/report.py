@@ -66,7 +66,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         metavar="Q",
         help="similarity quantile of the graph used for bandwidth and in-batch edge fraction "
-        "(default: the plan's own quantile, else 0.999)",
+        "(default: the plan's own quantile, else GCBS's default 1 - 16/(N-1))",
     )
     parser.add_argument(
         "--metric",

@@ -52,6 +52,26 @@ AUTO_METIS_NODES = 200_000
 _NEGATIVES_STREAM = 2
 
 
+#: Corpus size at which the default window skips the authors' p = 30 top ranks.
+_P_REFERENCE_N = 500_000
+
+
+def default_window(n_samples: int, cluster_size: int) -> tuple[int, int]:
+    """B3's default rank window ``(p, m)`` for N samples and clusters of K.
+
+    ``p = min(K // 10, round(30·N / 500 000))``: the authors' p = 30 scaled to the corpus size
+    (0 below N ≈ 8 000), and never more than a tenth of a cluster — skipping the top ranks
+    skips the group a sample belongs to. ``m = clip(50 000 // N, 20, 50)``: a window of about a
+    cluster's size. The authors' fixed (30, 100) was the worst setting measured by
+    ``benchmarks/gcbs_defaults.py`` on planted groups of 32, blobs and digits (batch purity
+    0.04-0.15 against 0.21-0.49 for p = 0, m = 20-50); the rank skip's protection against
+    false negatives is better had from :mod:`hardbatch.losses`' mask.
+    """
+    p = min(int(cluster_size) // 10, round(30 * int(n_samples) / _P_REFERENCE_N))
+    m = min(max(50_000 // max(int(n_samples), 1), 20), 50)
+    return p, m
+
+
 @register_method
 class B3(Planner):
     """Batches of whole clusters of mutual teacher neighbours (B3).
@@ -62,12 +82,15 @@ class B3(Planner):
         Samples per batch; a multiple of ``cluster_size``.
     cluster_size : int
         K, samples per cluster (>= 2; the authors use 32).
-    p : int
+    p : int, optional
         Top teacher ranks skipped as likely false negatives (authors: 30 retrieval, 70 VQA).
         ``p = 0`` keeps the nearest neighbours, right when the data has no duplicates.
-    m : int
+        Default: scaled to N (:func:`default_window`; 0 below N ≈ 8 000).
+    m : int, optional
         Width of the rank window ``[p, p + m)`` (authors: 100). With ``labels``: partners
         sampled per example (see :func:`hardbatch.similarity.label_window_graph`).
+        Default: scaled to N (:func:`default_window`; 20-50). The window used is
+        ``plan.info["window"]``.
     mutual : bool
         Mutual window edges (B3) or their union. Ignored with ``labels`` (always mutual).
     partitioner : {"auto", "metis", "leiden"}
@@ -139,8 +162,8 @@ class B3(Planner):
         batch_size: int = 64,
         *,
         cluster_size: int = 32,
-        p: int = 30,
-        m: int = 100,
+        p: int | None = None,
+        m: int | None = None,
         mutual: bool = True,
         partitioner: str = "auto",
         hard_negatives: int = 0,
@@ -178,8 +201,10 @@ class B3(Planner):
                 f"batch_size={batch_size} must be a multiple of cluster_size={k} "
                 "(a batch holds whole clusters)"
             )
-        check_positive_int(self.p, "p", minimum=0)
-        check_positive_int(self.m, "m")
+        if self.p is not None:
+            check_positive_int(self.p, "p", minimum=0)
+        if self.m is not None:
+            check_positive_int(self.m, "m")
         check_positive_int(self.hard_negatives, "hard_negatives", minimum=0)
         settings = SearchSettings(
             backend=self.backend,
@@ -281,10 +306,10 @@ class B3(Planner):
         tick = time.perf_counter()
         if label_codes is None:
             try:
-                p, m = check_window(self.p, self.m, n_g)
+                p, m = check_window(*self.window(n_g), n_g)
             except ValueError as exc:
                 raise ValueError(f"{exc}{where}") from None
-            depth = 0 if not self.hard_negatives else self.p + HARD_NEGATIVE_DEPTH
+            depth = 0 if not self.hard_negatives else p + HARD_NEGATIVE_DEPTH
             width = min(max(p + m, depth), n_g - 1)
             found = search_neighbours(q, t, width, settings, seed=seed, norms=(q_norms, t_norms))
             ranks, search = found.ids, found.info
@@ -318,7 +343,8 @@ class B3(Planner):
             _free_device_cache()
             seconds["search"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            graph = label_window_graph(ranks, codes, check_positive_int(self.m, "m"), seed=seed)
+            m = check_positive_int(self.window(n_g)[1], "m")
+            graph = label_window_graph(ranks, codes, m, seed=seed)
             search = {"backend": "exact"}
         seconds["graph"] += time.perf_counter() - tick
 
@@ -336,6 +362,7 @@ class B3(Planner):
             "n_edges": int(graph.nnz // 2),
             "isolated": int(np.count_nonzero(np.diff(graph.indptr) == 0)),
             "in_cluster_edges": _in_cluster_edges(graph, local),
+            "window": list(self.window(n_g)),
             "search": search,
         }
 
@@ -344,7 +371,7 @@ class B3(Planner):
             tick = time.perf_counter()
             if label_codes is None:
                 negatives = cluster_hard_negatives(
-                    local, ranks, self.p, self.hard_negatives, rng=neg_rng, depth=width - self.p
+                    local, ranks, p, self.hard_negatives, rng=neg_rng, depth=width - p
                 )
             else:
                 negatives = label_hard_negatives(
@@ -356,7 +383,23 @@ class B3(Planner):
         clusters = local if idx is None else np.where(local == PAD, PAD, idx[local])
         return clusters, negatives, part, stat
 
+    def window(self, n_samples: int) -> tuple[int, int]:
+        """``(p, m)`` for a dataset (group) of ``n_samples``: the given values, or the defaults
+        scaled to N (:func:`default_window`)."""
+        p_default, m_default = default_window(n_samples, int(self.cluster_size))
+        return (
+            p_default if self.p is None else self.p,
+            m_default if self.m is None else self.m,
+        )
+
     # ------------------------------------------------------------------ shards
+    def shard_params(self, params, *, n_samples, shard_samples):
+        """A defaulted window is resolved from the whole data's N, so that every shard uses
+        the window a single-process plan would."""
+        params = dict(params)
+        params["p"], params["m"] = self.window(n_samples)
+        return params
+
     def merge_shards(self, shard_plans, members, *, n, seed) -> BatchPlan:
         """Full clusters of every shard, the shards' short clusters pooled and re-cut
         (:func:`hardbatch.batching.merge_shard_clusters`), hard negatives mapped to global
@@ -421,6 +464,8 @@ def _summarise(parts, stats, clusters: np.ndarray, n: int, k: int) -> dict:
         "n_clusters": int(len(clusters)),
         "short_clusters": int(np.count_nonzero(clusters[:, -1] == PAD)),
         "in_cluster_edge_fraction": inside / n_edges if n_edges else 0.0,
+        # Per group: the rank window [p, p + m) used, as [p, m].
+        "window": stats[0]["window"] if len(stats) == 1 else [s["window"] for s in stats],
         # Per group: backend and (FAISS) sampled recall of the teacher ranks.
         "search": stats[0]["search"] if len(stats) == 1 else [s["search"] for s in stats],
     }

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from ..batching import cut_order
 from ..plans import BatchPlan
 from ..similarity import (
+    DEFAULT_NEIGHBOURS,
     SearchSettings,
     SimilarityBlocks,
+    default_quantile,
     estimate_threshold,
     neighbour_graph,
     search_neighbours,
@@ -27,12 +29,16 @@ from ..similarity import (
 )
 from ..similarity._common import show_progress
 from ..structure import bandwidth, rcm_order
-from ..validation import check_fraction, check_positive_int
+from ..validation import check_fraction, check_positive_int, n_rows
 from .base import Planner, register_method
 
 #: The quantile rule with FAISS keeps at most this many approximate neighbours per row (the
 #: exact rule has no per-row bound).
 QUANTILE_ROW_CAP = 128
+
+#: Pairs above the sampled threshold that the default rule wants in its sample (the sample
+#: grows with N so that the threshold stays estimated from at least this many).
+_DEFAULT_PAIRS_ABOVE = 200
 
 
 @register_method
@@ -43,13 +49,19 @@ class GCBS(Planner):
     ----------
     batch_size : int
         Samples per batch.
-    quantile : float
+    quantile : float, optional
         Keep off-diagonal pairs with similarity above this quantile of all N(N-1) pairs
         (the paper's ``q``; 0.999 keeps ~0.1% of pairs, i.e. ~N/1000 per row). The threshold is
         estimated from a seeded sample of ``n_threshold_pairs`` pairs (exact for N <= 1000).
+        Default (``None`` with no ``top_k``): derived from N so that a row keeps about
+        :data:`DEFAULT_NEIGHBOURS` (16) pairs, ``q = 1 - 16/(N - 1)``
+        (:func:`default_quantile`); the value used is ``plan.info["quantile"]``. A fixed ``q``
+        keeps ``(1 - q)·N`` pairs per row: too few at small N (isolated samples, near-random
+        batches), too many at large N (a blurred order).
     top_k : int, optional
         Use the per-row top-k rule instead of the quantile: every query keeps its ``top_k``
         most similar targets. Degree is bounded, so memory is ``O(N·top_k)`` at any N.
+        Give ``quantile`` or ``top_k``, not both.
     seed : int or None
         Seeds the threshold sample (the rest is deterministic).
     drop_last : bool
@@ -79,6 +91,8 @@ class GCBS(Planner):
     Attributes
     ----------
     plan_ : BatchPlan
+    quantile_ : float or None
+        Quantile used (the given one, or the default derived from N; ``None`` with ``top_k``).
     threshold_ : float or None
         Similarity threshold used (``None`` with ``top_k``).
     order_ : np.ndarray of shape (N,)
@@ -90,7 +104,8 @@ class GCBS(Planner):
     name = "gcbs"
     replans_each_epoch = True
     param_help = {
-        "quantile": "similarity quantile above which pairs become graph edges (paper's q)",
+        "quantile": "similarity quantile above which pairs become graph edges (paper's q; "
+        "default: 1 - 16/(N-1), about 16 pairs per row)",
         "top_k": "use per-row top-k neighbours instead of the quantile threshold",
         "metric": "similarity: cosine (default) or dot",
         "n_threshold_pairs": "pairs sampled to estimate the quantile threshold",
@@ -105,7 +120,7 @@ class GCBS(Planner):
         self,
         batch_size: int = 64,
         *,
-        quantile: float = 0.999,
+        quantile: float | None = None,
         top_k: int | None = None,
         seed: int | None = 0,
         drop_last: bool = False,
@@ -130,9 +145,23 @@ class GCBS(Planner):
         self.backend = backend
         self.recall_rows = recall_rows
 
+    def _resolved_quantile(self, n: int) -> float | None:
+        """The quantile rule's q for N samples (``None`` under the top-k rule)."""
+        if self.top_k is not None:
+            if self.quantile is not None:
+                raise ValueError(
+                    f"give quantile or top_k, not both (got quantile={self.quantile!r}, "
+                    f"top_k={self.top_k!r}): top_k replaces the quantile rule"
+                )
+            return None
+        if self.quantile is None:
+            return default_quantile(n)
+        return check_fraction(self.quantile, "quantile")
+
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
         tick = time.perf_counter()
+        self.quantile_ = self._resolved_quantile(n)
         settings = SearchSettings(
             backend=self.backend,
             metric=self.metric,
@@ -171,6 +200,7 @@ class GCBS(Planner):
         self.n_edges_ = int(graph.nnz)
         has_edge = (np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=n) > 0)
         info = {
+            "quantile": self.quantile_,
             "threshold": self.threshold_,
             "n_edges": self.n_edges_,
             "mean_degree": float(graph.nnz / n),
@@ -187,7 +217,8 @@ class GCBS(Planner):
         quantile is ``1 - (1 - q)·(N - 1)/(N_s - 1)`` (a quantile of a shard's own pairs would
         keep ``N_s/N`` as many). The top-k rule is per row already and passes unchanged."""
         params = dict(params)
-        if self.top_k is None:
+        # The default rule (quantile None) keeps 16 pairs per row at any N: nothing to rescale.
+        if self.top_k is None and self.quantile is not None:
             kept = (1.0 - float(self.quantile)) * (n_samples - 1)
             quantile = 1.0 - kept / max(shard_samples - 1, 1)
             params["quantile"] = min(max(quantile, 1e-6), 1.0 - 1e-9)
@@ -195,12 +226,17 @@ class GCBS(Planner):
 
     def _threshold(self, queries, targets, seed, norms) -> float:
         """The quantile rule's similarity threshold, from the seeded pair sample."""
-        check_fraction(self.quantile, "quantile")
+        n_pairs = check_positive_int(self.n_threshold_pairs, "n_threshold_pairs", minimum=100)
+        if self.quantile is None:
+            # The default keeps ~16 pairs per row: grow the sample with N so that enough
+            # sampled pairs lie above the threshold (1e6 pairs hold only 16 of them at N = 1M).
+            n = n_rows(queries)
+            n_pairs = max(n_pairs, math.ceil(_DEFAULT_PAIRS_ABOVE * (n - 1) / DEFAULT_NEIGHBOURS))
         return estimate_threshold(
             queries,
             targets,
-            self.quantile,
-            n_pairs=self.n_threshold_pairs,
+            self.quantile_,
+            n_pairs=n_pairs,
             seed=seed,
             metric=self.metric,
             device=self.device,
@@ -236,7 +272,7 @@ class GCBS(Planner):
         rule (FAISS only: the exact quantile rule has no per-row bound)."""
         if self.top_k is None:
             self.threshold_ = self._threshold(queries, targets, seed, norms)
-            k = min(max(1, math.ceil((1.0 - self.quantile) * (n - 1))), QUANTILE_ROW_CAP, n - 1)
+            k = min(max(1, math.ceil((1.0 - self.quantile_) * (n - 1))), QUANTILE_ROW_CAP, n - 1)
         else:
             self.threshold_ = None
             k = check_positive_int(self.top_k, "top_k")

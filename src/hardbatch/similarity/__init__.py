@@ -6,7 +6,13 @@ IVF top-k), ``search`` (the one neighbour-search entry point over both, with
 ``_common`` (helpers they share).
 """
 
-from .exact import SimilarityBlocks, estimate_threshold, threshold_graph
+from .exact import (
+    DEFAULT_NEIGHBOURS,
+    SimilarityBlocks,
+    default_quantile,
+    estimate_threshold,
+    threshold_graph,
+)
 from .search import Neighbours, SearchSettings, knn_graph, search_neighbours
 from .sparse import neighbour_graph, symmetrize
 from .windows import (
@@ -26,6 +32,8 @@ __all__ = [
     "SimilarityBlocks",
     "check_label_fraction",
     "check_window",
+    "DEFAULT_NEIGHBOURS",
+    "default_quantile",
     "estimate_threshold",
     "knn_graph",
     "label_embeddings",
