@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import reference as ref
 
 from hardbatch import PAD
-from hardbatch.batching import cut_order, epoch_rng, iter_rows
+from hardbatch.batching import (
+    cut_order,
+    epoch_rng,
+    group_clusters,
+    iter_rows,
+    mix_random_fill,
+    mix_rng,
+)
 
 
 @pytest.mark.parametrize("n", [10, 12, 13, 23])
@@ -109,3 +118,51 @@ def test_merge_shard_clusters_pools_short_clusters():
     np.testing.assert_array_equal(
         batches, regroup_clusters_epoch(clusters, 4, seed=2, epoch=0, drop_last=False)
     )
+
+
+# --------------------------------------------------------------------------- hardness dial
+def slow_mix(batches, hardness, rng, sample_groups=None):
+    """The dial by loops: per batch keep the first floor(h·b + 1/2) members, pool the rest
+    batch by batch (per group, groups in sorted order), shuffle, deal into the free slots."""
+    out = batches.copy()
+    row_group = [0 if sample_groups is None else int(sample_groups[r[0]]) for r in batches]
+    for g in sorted(set(row_group)):
+        slots, pool = [], []
+        for r, row in enumerate(batches):
+            if row_group[r] != g:
+                continue
+            size = sum(1 for x in row if x != PAD)
+            for c in range(math.floor(hardness * size + 0.5), size):
+                slots.append((r, c))
+                pool.append(row[c])
+        perm = rng.permutation(len(pool))
+        for (r, c), i in zip(slots, perm, strict=True):
+            out[r, c] = pool[i]
+    return out
+
+
+@pytest.mark.parametrize("hardness", [0.0, 0.3, 0.5, 0.97])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_mix_random_fill_matches_the_slow_reference(hardness, grouped):
+    n, b = 103, 8
+    if grouped:
+        groups = np.repeat([0, 1, 2], [40, 35, 28])
+        batches = group_clusters(
+            np.arange(n).reshape(-1, 1), b, rng=np.random.default_rng(0),
+            cluster_groups=groups,
+        )  # fmt: skip
+    else:
+        groups = None
+        batches = cut_order(np.random.default_rng(0).permutation(n), b)
+    mixed = mix_random_fill(batches, hardness, mix_rng(5, 2), sample_groups=groups)
+    np.testing.assert_array_equal(mixed, slow_mix(batches, hardness, mix_rng(5, 2), groups))
+    np.testing.assert_array_equal(mixed == PAD, batches == PAD)  # same layout
+    assert sorted(mixed[mixed != PAD]) == list(range(n))
+    if grouped:  # a batch never mixes groups
+        for row in mixed:
+            assert len(set(groups[row[row != PAD]].tolist())) == 1
+
+
+def test_mix_random_fill_at_one_is_the_input():
+    batches = cut_order(np.arange(10), 4)
+    assert mix_random_fill(batches, 1.0, mix_rng(0, 0)) is batches

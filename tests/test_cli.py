@@ -448,3 +448,16 @@ def test_no_library_module_imports_the_cli():
         if package / "cli" not in path.parents and path != package / "__main__.py"
     }
     assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_plan_takes_the_hardness_dial(data_files, tmp_path):
+    out = tmp_path / "plan.npz"
+    assert run(*plan_args(data_files, out, "--top-k", "5", "--hardness", "0.5")) == 0
+    loaded = BatchPlan.load(out, n_samples=N)
+    assert loaded.params["hardness"] == 0.5 and loaded.info["hardness"]["dial"] == 0.5
+
+
+def test_hardness_option_has_a_help_line():
+    option = cli.method_options()["hardness"]
+    assert option.methods == ["b3", "gcbs"] and option.kind is float
+    assert "hardness dial" in option.help_text()

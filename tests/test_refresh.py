@@ -350,3 +350,50 @@ def test_factory_refuses_what_cannot_work(pairs, refresh, method, options, plann
         options["recorder"] = EmbeddingRecorder(N if options["recorder"] == "N" else N + 1)
     with pytest.raises(ValueError, match=match):
         make_refresh_policy(refresh, planning_for(pairs, method, **planning_kwargs), **options)
+
+
+# --------------------------------------------------------------------------- hardness schedule
+def test_epoch_refresh_plans_each_epoch_with_its_hardness():
+    data = make_planted_pairs(256, 16, group_size=16, seed=0)
+    schedule = hardbatch.HardnessSchedule.linear(0.0, 1.0, epochs=2)
+    sampler = HardBatchSampler(
+        n_samples=256, batch_size=32, method="gcbs", top_k=8, refresh="epoch", seed=0,
+        embed_fn=lambda idx: (data.queries[idx], data.targets[idx]), hardness=schedule,
+    )  # fmt: skip
+    plans = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(256))
+        plans.append(sampler.plan_)
+    assert [p.params["hardness"] for p in plans] == [0.0, 0.5, 1.0]
+    assert [p.info["hardness"]["dial"] for p in plans] == [0.0, 0.5, 1.0]
+    # Epoch 2 is the method's own plan of that epoch (hardness 1, bit for bit).
+    same = hardbatch.plan(
+        "gcbs", data.queries, data.targets, batch_size=32, top_k=8,
+        seed=sampler.planning.epoch_seed(2),
+    )  # fmt: skip
+    np.testing.assert_array_equal(plans[2].batches, same.batches)
+
+
+def test_static_b3_sampler_serves_the_schedule_of_each_epoch():
+    data = make_planted_pairs(256, 16, group_size=16, seed=0)
+    schedule = hardbatch.HardnessSchedule.linear(0.5, 1.0, epochs=2)
+    params = {"cluster_size": 8, "p": 0, "m": 10}
+    sampler = HardBatchSampler(
+        batch_size=32, method="b3", embeddings=(data.queries, data.targets), seed=0,
+        hardness=schedule, duplicate_ids=np.arange(256) % 100, **params,
+    )  # fmt: skip
+    hard = hardbatch.plan(
+        "b3", data.queries, data.targets, batch_size=32, seed=0,
+        duplicate_ids=np.arange(256) % 100, **params,
+    )  # fmt: skip
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        served = np.concatenate(list(sampler))
+        plan = sampler.plan_
+        expected = plan.for_epoch(epoch)
+        np.testing.assert_array_equal(served, expected[expected != hardbatch.PAD])
+    assert sampler.plan_.params["hardness"] == schedule.to_json()
+    np.testing.assert_array_equal(sampler.plan_.for_epoch(2), hard.for_epoch(2))
+    assert not np.array_equal(sampler.plan_.for_epoch(0), hard.for_epoch(0))

@@ -487,3 +487,17 @@ def test_ddp_trainer_recordings_line_up_with_accelerate_sharding(tiny_bert_dir, 
         assert r["mismatches"] == 0 and (r["stamps"] > 0).all()
         np.testing.assert_allclose(r["queries"], r["expected"], atol=1e-5)
     np.testing.assert_array_equal(results[0]["plan"], results[1]["plan"])
+
+
+@pytest.mark.skipif("b3" not in hardbatch.available_methods(), reason="b3 not registered")
+def test_configure_forwards_the_hardness_dial(model):
+    schedule = hardbatch.HardnessSchedule.linear(0.5, 1.0, epochs=2)
+    config = HardBatchSampler.configure(
+        method="b3", teacher=model, cluster_size=4, p=2, m=6, duplicates=None, hardness=schedule
+    )
+    sampler = config(make_dataset(64), batch_size=8, drop_last=False, seed=0)
+    sampler.set_epoch(0)
+    assert sorted(np.concatenate(list(sampler))) == list(range(64))
+    plan = sampler.sampler_.plan_
+    assert plan.params["hardness"] == schedule.to_json() and plan.info["hardness"]["dial"] == 0.5
+    assert pickle.loads(pickle.dumps(config)).method_params["hardness"] == schedule

@@ -9,9 +9,10 @@ The pipeline (one subpackage per stage)::
 >>> hardbatch.metrics.loss_gap(X, Y, plan, temperature=0.05)
 """
 
-from . import losses, metrics
+from . import hardness, losses, metrics
 from .api import plan
 from .batching import PAD
+from .hardness import HardnessSchedule, NearRandomPlanWarning
 from .methods import Planner, available_methods, get_method, register_method
 from .plans import BatchPlan
 from .recording import EmbeddingRecorder
@@ -24,10 +25,13 @@ __all__ = [
     "BatchPlan",
     "EmbeddingRecorder",
     "HardBatchSampler",
+    "HardnessSchedule",
+    "NearRandomPlanWarning",
     "Planner",
     "__version__",
     "available_methods",
     "get_method",
+    "hardness",
     "losses",
     "metrics",
     "plan",

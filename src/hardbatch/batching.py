@@ -1,6 +1,7 @@
 """Stage 3: batches. Cut an ordering into fixed-size batches.
 
-Also: group whole clusters into batches per epoch (:func:`group_clusters`, B3); the epoch
+Also: group whole clusters into batches per epoch (:func:`group_clusters`, B3); the hardness
+dial (:func:`mix_random_fill`); the epoch
 rules a plan names in ``BatchPlan.epoch_rule`` (:func:`reshuffle_epoch`,
 :func:`regroup_clusters_epoch`); the merge of per-shard plans (:func:`merge_shard_orders`,
 :func:`merge_shard_clusters`, used by Ray planning); and the duplicate guard every method shares
@@ -172,6 +173,67 @@ def regroup_clusters_epoch(
         cluster_groups=cluster_groups,
         drop_last=drop_last,
     )
+
+
+# --------------------------------------------------------------------------- hardness dial
+def mix_random_fill(
+    batches: np.ndarray,
+    hardness: float,
+    rng: np.random.Generator,
+    *,
+    sample_groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """The hardness dial: every batch keeps its first ``round(h·b)`` members, the rest are
+    pooled over all batches, shuffled with ``rng`` and dealt back into the free slots.
+
+    ``b`` is the batch's real size (a short last batch counts its members), and ``round``
+    rounds halves up. Why a contiguous block: GCBS cuts batches from a reverse Cuthill–McKee
+    order, so a block of a batch is a run of graph neighbours; B3 lays out a batch as whole
+    clusters, so a block keeps whole clusters when ``h·B`` is a multiple of K. Every batch
+    keeps its size, so the layout (padding, the ``drop_last`` rule, the set of samples) is
+    unchanged: each sample is still in exactly one batch. ``h = 1`` returns ``batches``
+    itself; ``h = 0`` deals every sample at random, i.e. a uniformly random plan with the
+    same layout.
+
+    Parameters
+    ----------
+    batches : np.ndarray of shape (n_batches, B), int64, padded with :data:`PAD`
+    hardness : float
+        ``h`` in [0, 1].
+    rng : np.random.Generator
+        Usually :func:`mix_rng` ``(seed, epoch)``.
+    sample_groups : np.ndarray of shape (N,), optional
+        Pool per group (B3's multi-dataset plans stay one group per batch).
+
+    Returns
+    -------
+    np.ndarray
+        A new array unless ``h = 1``.
+    """
+    batches = np.asarray(batches, dtype=np.int64)
+    if hardness >= 1.0:
+        return batches
+    valid = batches != PAD
+    sizes = valid.sum(axis=1)
+    keep = np.floor(hardness * sizes + 0.5).astype(np.int64)
+    # Padding sits at the end of a row, so the real members are a prefix of it.
+    free = valid & (np.arange(batches.shape[1])[None, :] >= keep[:, None])
+    mixed = batches.copy()
+    if sample_groups is None:
+        pools = [free]
+    else:
+        row_group = np.asarray(sample_groups, dtype=np.int64)[batches[:, 0]]
+        pools = [free & (row_group == g)[:, None] for g in np.unique(row_group)]
+    for slots in pools:
+        pool = mixed[slots]  # row-major: batch by batch
+        mixed[slots] = pool[rng.permutation(pool.size)]
+    return mixed
+
+
+def mix_rng(seed: int, epoch: int) -> np.random.Generator:
+    """Random generator of the hardness dial for ``(seed, epoch)`` (a stream of its own, so
+    that the dial changes neither the epoch's shuffle nor the duplicate guard's swaps)."""
+    return np.random.default_rng([int(seed), int(epoch), 3])
 
 
 # --------------------------------------------------------------------------- shards → one plan

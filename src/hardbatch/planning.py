@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .api import plan as make_plan
 from .batching import PAD
 from .distributed import torch_ddp as ddp
+from .hardness import as_schedule
 from .methods import get_method
 from .methods.base import Planner
 from .plans import BatchPlan
@@ -159,6 +160,8 @@ class Planning:
         self.drop_last = drop_last
         self.seed = seed
         self.method_params = dict(method_params or {})
+        if "hardness" in self.method_params:  # a bad dial fails now, not at the first epoch
+            as_schedule(self.method_params["hardness"])
         self.duplicate_ids = duplicate_ids
         self.embeddings = embeddings
         self.embed_fn = embed_fn
@@ -186,12 +189,15 @@ class Planning:
         seed: int,
         subset: np.ndarray | None = None,
         method: str | None = None,
+        epoch: int | None = None,
     ) -> BatchPlan:
         """Plan on rank 0 and broadcast the plan (every rank serves the same batches).
 
         ``subset``: plan only these samples (their ids become ``0..len(subset)-1``; the
         per-sample arrays follow). ``method``: another method than the sampler's (the random
         first epoch of ``"recorded"``), planned without the sampler's method parameters.
+        ``epoch``: a re-plan of that epoch, made with the hardness of the epoch (a
+        ``hardness`` schedule becomes ``schedule.at(epoch)`` in the plan's params).
         """
         method = method or self.method
         method_cls = get_method(method)
@@ -199,6 +205,8 @@ class Planning:
         if ddp.rank() == 0:
             n = self.n_samples if subset is None else len(subset)
             params = dict(self.method_params) if method == self.method else {}
+            if epoch is not None and "hardness" in params:
+                params["hardness"] = as_schedule(params["hardness"]).at(epoch)
             if self.duplicate_ids is not None:
                 params["duplicate_ids"] = self.duplicate_ids
             if subset is not None:  # per-sample arrays follow the subset

@@ -14,12 +14,16 @@ import numpy as np
 from ._json import to_jsonable
 from .batching import (
     PAD,
+    cut_order,
     guard_rng,
     iter_rows,
+    mix_random_fill,
+    mix_rng,
     regroup_clusters_epoch,
     reshuffle_epoch,
     separate_duplicates,
 )
+from .hardness import HardnessSchedule, as_schedule
 
 #: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`. Files of version 1
 #: written before ``epoch_rule`` was stored are read with the rule of their method
@@ -175,6 +179,11 @@ class BatchPlan:
         return self.n_batches
 
     @property
+    def hardness(self) -> HardnessSchedule:
+        """The plan's hardness dial over epochs, from ``params["hardness"]`` (1 when absent)."""
+        return as_schedule(self.params.get("hardness", 1.0))
+
+    @property
     def sample_groups(self) -> np.ndarray | None:
         """Group of every sample, shape ``(N,)``, from :attr:`clusters` and
         :attr:`cluster_groups`; ``None`` when the plan is not grouped."""
@@ -195,8 +204,13 @@ class BatchPlan:
     def for_epoch(self, epoch: int) -> np.ndarray:
         """Batches of epoch ``epoch`` under the plan's :attr:`epoch_rule`.
 
-        Epoch 0 is always :attr:`batches`. With :attr:`duplicate_ids` the guard is applied to
-        every epoch the rule changes. An unknown rule is a ``ValueError``.
+        Epoch 0 is always :attr:`batches`. The rule's batches are mixed to the epoch's
+        :attr:`hardness` (:func:`hardbatch.batching.mix_random_fill` with
+        :func:`~hardbatch.batching.mix_rng` ``(seed, e)``); a rule that keeps the plan's
+        batches (``"fixed"``) serves them as they are while the hardness is that of epoch 0,
+        and recuts the method's batches from :attr:`order` when a schedule changes it. With
+        :attr:`duplicate_ids` the guard is applied, after the mixing, to every epoch the rule
+        changes. An unknown rule is a ``ValueError``.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
             raise ValueError(f"epoch must be an integer, got {epoch!r}")
@@ -206,6 +220,14 @@ class BatchPlan:
         if epoch == 0:
             return self.batches
         batches = rule(self, int(epoch))
+        schedule = self.hardness
+        dial = schedule.at(int(epoch))
+        if batches is self.batches and dial != schedule.at(0):
+            batches = self._undialled_batches()
+        if dial < 1.0 and batches is not self.batches:
+            batches = mix_random_fill(
+                batches, dial, mix_rng(int(self.seed or 0), epoch), sample_groups=self.sample_groups
+            )
         if self.duplicate_ids is not None and batches is not self.batches:
             # The guard holds in every epoch, not only in the planned one.
             batches, _ = separate_duplicates(
@@ -215,6 +237,16 @@ class BatchPlan:
                 sample_groups=self.sample_groups,
             )
         return batches
+
+    def _undialled_batches(self) -> np.ndarray:
+        """The method's own batches of a plan that keeps them every epoch: :attr:`order` cut
+        again (the dial and the guard changed :attr:`batches`)."""
+        if self.order is None:
+            raise ValueError(
+                f"a hardness schedule on a plan with epoch rule {self.epoch_rule!r} needs "
+                "plan.order to recut the method's batches, which is None"
+            )
+        return cut_order(self.order, self.batch_size, drop_last=self.drop_last)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> BatchPlan:

@@ -234,7 +234,7 @@ class EpochRefresh(RefreshPolicy):
         with watch("embed"):
             queries, targets = planning.embed(np.arange(planning.n_samples))
         with watch("plan"):
-            plan = planning.plan(queries, targets, seed=planning.epoch_seed(epoch))
+            plan = planning.plan(queries, targets, seed=planning.epoch_seed(epoch), epoch=epoch)
         planning.log(plan, epoch=epoch, step=0, policy=self.name, n=planning.n_samples, watch=watch)
         return plan.batches
 
@@ -300,7 +300,7 @@ class RecordedRefresh(RefreshPolicy):
         if method != "random":
             queries, targets = recorder.embeddings(seed=seed)
         with watch("plan"):
-            plan = planning.plan(queries, targets, seed=seed, method=method)
+            plan = planning.plan(queries, targets, seed=seed, method=method, epoch=epoch)
         planning.log(plan, epoch=epoch, step=0, policy=self.name, n=planning.n_samples, watch=watch)
         return plan.batches
 
@@ -356,7 +356,11 @@ class StepsRefresh(RefreshPolicy):
                 queries, targets = planning.embed(remaining)
             with watch("plan"):
                 sub = planning.plan(
-                    queries, targets, seed=planning.epoch_seed(epoch, step), subset=remaining
+                    queries,
+                    targets,
+                    seed=planning.epoch_seed(epoch, step),
+                    subset=remaining,
+                    epoch=epoch,
                 )
             planning.log(
                 sub, epoch=epoch, step=step, policy=self.name, n=len(remaining), watch=watch

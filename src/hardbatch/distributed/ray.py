@@ -51,6 +51,7 @@ import numpy as np
 
 from .._torch import normalized_rows, resolve_device
 from ..api import plan
+from ..batching import mix_random_fill, mix_rng
 from ..methods import get_method
 from ..plans import BatchPlan
 from ..similarity._common import inv_norms
@@ -283,7 +284,11 @@ def plan_on_ray(
             ray.put(np.asarray(targets[idx])),
             batch_size,
             seed,
-            planner.shard_params(method_params, n_samples=n, shard_samples=int(idx.size)),
+            # Shards plan the method's own batches; the dial is applied to the merged plan.
+            {
+                **planner.shard_params(method_params, n_samples=n, shard_samples=int(idx.size)),
+                **({"hardness": 1.0} if "hardness" in method_params else {}),
+            },
         )
         for idx in members
     ]
@@ -292,6 +297,11 @@ def plan_on_ray(
 
     tick = time.perf_counter()
     merged = planner.merge_shards(results, members, n=n, seed=seed)
+    dial = merged.hardness.at(0)
+    if dial < 1.0:
+        merged.batches = mix_random_fill(
+            merged.batches, dial, mix_rng(seed, 0), sample_groups=merged.sample_groups
+        )
     seconds["merge"] = time.perf_counter() - tick
     sharded = {
         "n_shards": len(members),

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..batching import PAD, merge_shard_clusters, regroup_clusters_epoch, sample_codes
+from ..hardness import HardnessGraph, HardnessSchedule
 from ..negatives import HARD_NEGATIVE_DEPTH, cluster_hard_negatives, label_hard_negatives
 from ..plans import BatchPlan
 from ..similarity import (
@@ -120,6 +121,11 @@ class B3(Planner):
     recall_rows : int
         With FAISS: query rows sampled to measure recall@(p+m) against the exact search
         (``plan.info["search"]``); 0 skips it.
+    hardness : float or HardnessSchedule
+        The hardness dial (:class:`~hardbatch.Planner`): 1 (default) is B3's batches, 0 a
+        random plan; between, each batch keeps its first ``round(h·B)`` members (whole
+        clusters when ``h·B`` is a multiple of K) and is filled at random. A schedule gives
+        every epoch's regrouped batches (``plan.for_epoch(e)``) the hardness of epoch ``e``.
 
     Fit data (keyword arguments of :meth:`fit` / :func:`hardbatch.plan`, not parameters):
 
@@ -155,6 +161,8 @@ class B3(Planner):
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
         "backend": "teacher rank search: auto (default), exact or faiss (approximate IVF)",
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
+        "hardness": "hardness dial in [0, 1]: 1 = the method's batches, 0 = random, between = "
+        "each batch keeps that share and is filled at random",
     }
 
     def __init__(
@@ -176,8 +184,9 @@ class B3(Planner):
         progress: bool | None = None,
         backend: str = "auto",
         recall_rows: int = 256,
+        hardness: float | HardnessSchedule = 1.0,
     ) -> None:
-        super().__init__(batch_size, seed=seed, drop_last=drop_last)
+        super().__init__(batch_size, seed=seed, drop_last=drop_last, hardness=hardness)
         self.cluster_size = cluster_size
         self.p = p
         self.m = m
@@ -242,11 +251,12 @@ class B3(Planner):
         seconds = dict.fromkeys(("search", "graph", "partition", "clusters"), 0.0)
         if hard_negatives is not None:
             seconds["hard_negatives"] = 0.0
-        all_clusters, cluster_groups, parts, stats = [], [], [], []
+        all_clusters, cluster_groups, parts, stats, graphs = [], [], [], [], []
         for g, idx in enumerate(subsets):
-            clusters, negatives, part, stat = self._one_group(
+            clusters, negatives, part, stat, graph = self._one_group(
                 queries, targets, idx, n, k, seed, norms, settings, label_codes, neg_rng, seconds
             )
+            graphs.append(graph)
             all_clusters.append(clusters)
             cluster_groups.append(np.full(len(clusters), g, dtype=np.int64))
             parts.append(part)
@@ -273,6 +283,7 @@ class B3(Planner):
         seconds["batches"] = time.perf_counter() - tick
 
         self.clusters_ = clusters
+        self.hardness_graph_ = HardnessGraph.concat(graphs, seed=seed)
         self.hard_negatives_ = hard_negatives
         self.n_edges_ = int(sum(s["n_edges"] for s in stats))
         info = _summarise(parts, stats, clusters, n, k)
@@ -381,7 +392,15 @@ class B3(Planner):
                 negatives = idx[negatives]
             seconds["hard_negatives"] += time.perf_counter() - tick
         clusters = local if idx is None else np.where(local == PAD, PAD, idx[local])
-        return clusters, negatives, part, stat
+        edges = HardnessGraph.from_csr(graph, stat["isolated"], seed=seed, ids=idx)
+        return clusters, negatives, part, stat, edges
+
+    def near_random_hint(self, n: int) -> tuple[str, str]:
+        """The rank window and how to widen it."""
+        return (
+            f"p={self.p}, m={self.m}",
+            "lower p (p=0 when the data has no near-duplicates) or raise m",
+        )
 
     def window(self, n_samples: int) -> tuple[int, int]:
         """``(p, m)`` for a dataset (group) of ``n_samples``: the given values, or the defaults

@@ -15,7 +15,22 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from ..batching import guard_rng, merge_shard_orders, sample_codes, separate_duplicates
+from ..batching import (
+    guard_rng,
+    merge_shard_orders,
+    mix_random_fill,
+    mix_rng,
+    sample_codes,
+    separate_duplicates,
+)
+from ..hardness import (
+    HardnessGraph,
+    HardnessSchedule,
+    as_schedule,
+    hardness_param,
+    plan_hardness,
+    warn_near_random,
+)
 from ..plans import BatchPlan, check_epoch_rule
 from ..validation import ArrayLike, check_batch_size, check_pair, check_seed, n_rows
 
@@ -39,6 +54,11 @@ class Planner:
     stages (:mod:`hardbatch.similarity`, :mod:`hardbatch.structure`, :mod:`hardbatch.batching`)
     and register with :func:`register_method`.
 
+    The template of :meth:`fit`: check the inputs → :meth:`_plan` → the hardness dial
+    (:func:`hardbatch.batching.mix_random_fill`) → the duplicate guard → the hardness
+    statistics of the plan (``plan.info["hardness"]``, from :attr:`hardness_graph_`; a plan
+    close to random warns, see :mod:`hardbatch.hardness`) → validate.
+
     The contract a subclass declares (read by the sampler, the CLI and Ray planning; never
     inferred): :attr:`name`, :attr:`uses_embeddings`, :attr:`fit_params`,
     :attr:`replans_each_epoch`, :attr:`epoch_rule`, :attr:`cli_aliases`, :attr:`param_help`,
@@ -53,6 +73,15 @@ class Planner:
         Seeds every random choice. ``None`` draws a seed, which is recorded in the plan.
     drop_last : bool
         Leftover rule, see :mod:`hardbatch.batching`.
+    hardness : float or HardnessSchedule
+        The hardness dial, in [0, 1]: 1 (default) is the method's own plan, bit for bit; 0 a
+        plan with random statistics; between, every batch keeps its first ``round(h·b)``
+        members and the rest are dealt at random (:func:`hardbatch.batching.mix_random_fill`,
+        seeded from ``(seed, epoch)``). A :class:`~hardbatch.hardness.HardnessSchedule` sets it
+        per epoch: the plan's epoch ``e`` (``BatchPlan.for_epoch``, or the sampler's re-plan of
+        epoch ``e``) uses ``schedule.at(e)``. A method takes it by naming ``hardness`` in its
+        constructor and passing it here (``gcbs``, ``b3``; not ``random``, which is the
+        ``hardness=0`` end already).
     """
 
     #: Registry name (``hardbatch.plan(name, ...)``).
@@ -77,11 +106,24 @@ class Planner:
     cli_aliases: ClassVar[dict[str, list[str]]] = {}
 
     plan_: BatchPlan
+    #: The dial of a method that does not take ``hardness``: always its own plan.
+    hardness: float | HardnessSchedule = 1.0
+    #: Set by :meth:`_plan` of a graph method: the graph edges the hardness statistics count
+    #: (:meth:`hardbatch.hardness.HardnessGraph.from_csr`). ``None``: no statistics.
+    hardness_graph_: HardnessGraph | None = None
 
-    def __init__(self, batch_size: int = 64, *, seed: int | None = 0, drop_last: bool = False):
+    def __init__(
+        self,
+        batch_size: int = 64,
+        *,
+        seed: int | None = 0,
+        drop_last: bool = False,
+        hardness: float | HardnessSchedule = 1.0,
+    ):
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
+        self.hardness = hardness
 
     # ---------------------------------------------------------------- parameters
     @classmethod
@@ -98,7 +140,10 @@ class Planner:
         """The parameters that shape the plan besides batch_size, seed and drop_last (recorded
         in ``plan.params``; display-only ones such as ``progress`` are left out)."""
         skip = (*COMMON_PARAMS, *DISPLAY_PARAMS)
-        return {k: v for k, v in self.get_params().items() if k not in skip}
+        params = {k: v for k, v in self.get_params().items() if k not in skip}
+        if "hardness" in params:  # a schedule is recorded in its JSON form
+            params["hardness"] = hardness_param(params["hardness"])
+        return params
 
     # ---------------------------------------------------------------- fitting
     def fit(
@@ -136,15 +181,41 @@ class Planner:
         n, norms, batch_size, seed, codes, data = self._check_fit(
             queries, targets, n_samples, duplicate_ids, fit_data
         )
+        dial = as_schedule(self.hardness).at(0)
         start = time.perf_counter()
+        self.hardness_graph_ = None
         plan = self._plan(
             queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms, **data
         )
+        undialled = None
+        if dial < 1.0:  # before the guard, so that the guard holds for the mixed batches
+            undialled = plan.batches
+            plan.batches = mix_random_fill(
+                plan.batches, dial, mix_rng(seed, 0), sample_groups=plan.sample_groups
+            )
         if codes is not None:
             self._guard(plan, codes, seed)
+        if self.hardness_graph_ is not None:
+            tick = time.perf_counter()
+            plan.info["hardness"] = plan_hardness(
+                plan.batches,
+                n=n,
+                graph=self.hardness_graph_,
+                dial=dial,
+                undialled=undialled,
+                embeddings=None if norms is None else (queries, targets, norms),
+            )
+            plan.info.setdefault("seconds", {})["hardness"] = time.perf_counter() - tick
+            rule, advice = self.near_random_hint(n)
+            warn_near_random(self.name, plan.info["hardness"], n=n, rule=rule, advice=advice)
         plan.info.setdefault("seconds", {})["total"] = time.perf_counter() - start
         self.plan_ = plan.validate()
         return self
+
+    def near_random_hint(self, n: int) -> tuple[str, str]:
+        """``(rule, advice)`` of the near-random warning: the parameters that made the graph
+        (``"quantile=0.999"``) and what to change. Graph methods override it."""
+        return "its parameters", "its graph holds few hard pairs for this data"
 
     def _check_fit(self, queries, targets, n_samples, duplicate_ids, fit_data):
         """The checked inputs of :meth:`fit`: ``(n, norms, batch_size, seed, codes, data)``."""

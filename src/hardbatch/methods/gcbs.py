@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import cut_order
+from ..hardness import HardnessGraph, HardnessSchedule
 from ..plans import BatchPlan
 from ..similarity import (
     DEFAULT_NEIGHBOURS,
@@ -87,6 +88,11 @@ class GCBS(Planner):
     recall_rows : int
         With FAISS: query rows sampled to measure recall@k against the exact search
         (``plan.info["search"]["recall"]``; costs ``recall_rows·N·d``); 0 skips it.
+    hardness : float or HardnessSchedule
+        The hardness dial (:class:`~hardbatch.Planner`): 1 (default) is the plan above, 0 a
+        random plan; between, each batch keeps the first ``round(h·B)`` samples of its run
+        of the RCM order and is filled at random. Re-planned epochs use the schedule's value
+        of their epoch.
 
     Attributes
     ----------
@@ -114,6 +120,8 @@ class GCBS(Planner):
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
         "backend": "neighbour search: auto (default), exact or faiss (approximate IVF)",
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
+        "hardness": "hardness dial in [0, 1]: 1 = the method's batches, 0 = random, between = "
+        "each batch keeps that share and is filled at random",
     }
 
     def __init__(
@@ -132,8 +140,9 @@ class GCBS(Planner):
         progress: bool | None = None,
         backend: str = "auto",
         recall_rows: int = 256,
+        hardness: float | HardnessSchedule = 1.0,
     ) -> None:
-        super().__init__(batch_size, seed=seed, drop_last=drop_last)
+        super().__init__(batch_size, seed=seed, drop_last=drop_last, hardness=hardness)
         self.quantile = quantile
         self.top_k = top_k
         self.metric = metric
@@ -199,6 +208,9 @@ class GCBS(Planner):
 
         self.n_edges_ = int(graph.nnz)
         has_edge = (np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=n) > 0)
+        self.hardness_graph_ = HardnessGraph.from_csr(
+            graph, n - int(np.count_nonzero(has_edge)), seed=seed
+        )
         info = {
             "quantile": self.quantile_,
             "threshold": self.threshold_,
@@ -210,6 +222,17 @@ class GCBS(Planner):
             "seconds": seconds,
         }
         return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
+
+    def near_random_hint(self, n: int) -> tuple[str, str]:
+        """The selection rule and how to keep more pairs: a lower quantile (one keeping about
+        8 pairs per row) or ``top_k``."""
+        if self.top_k is None:
+            lower = min(float(self.quantile), 1.0 - 8.0 / max(n - 1, 1))
+            return (
+                f"quantile={self.quantile}",
+                f"lower quantile (e.g. {lower:.3g}) or set top_k (e.g. top_k=8)",
+            )
+        return f"top_k={self.top_k}", "change top_k (4-16 kept planted groups together best)"
 
     def shard_params(self, params, *, n_samples, shard_samples):
         """The quantile is relative to N (``1 - q`` of the ``N - 1`` pairs of a row are kept):
