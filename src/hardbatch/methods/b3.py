@@ -397,8 +397,9 @@ class B3(Planner):
 
     def near_random_hint(self, n: int) -> tuple[str, str]:
         """The rank window and how to widen it."""
+        p, m = self.window(n)
         return (
-            f"p={self.p}, m={self.m}",
+            f"p={p}, m={m}",
             "lower p (p=0 when the data has no near-duplicates) or raise m",
         )
 

@@ -227,9 +227,11 @@ class GCBS(Planner):
         """The selection rule and how to keep more pairs: a lower quantile (one keeping about
         8 pairs per row) or ``top_k``."""
         if self.top_k is None:
-            lower = min(float(self.quantile), 1.0 - 8.0 / max(n - 1, 1))
+            used = default_quantile(n) if self.quantile is None else float(self.quantile)
+            lower = min(used, 1.0 - 8.0 / max(n - 1, 1))
+            shown = f"{used:.4g} (the default for N={n})" if self.quantile is None else used
             return (
-                f"quantile={self.quantile}",
+                f"quantile={shown}",
                 f"lower quantile (e.g. {lower:.3g}) or set top_k (e.g. top_k=8)",
             )
         return f"top_k={self.top_k}", "change top_k (4-16 kept planted groups together best)"
