@@ -314,6 +314,7 @@ def report(
     metric: str = "cosine",
     device: str | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """All diagnostics for ``plan`` next to a baseline (default: a random plan, same seed).
 
@@ -328,6 +329,9 @@ def report(
         Threshold quantile of the graph used for bandwidth and in-batch edge fraction;
         default: the plan's own ``quantile`` parameter, else 0.999.
     metric, device, seed : see :func:`loss_gap`.
+    progress : bool or None
+        Progress bars over the two N² passes (global loss, graph); ``None``: only when the
+        work takes seconds.
 
     Returns
     -------
@@ -354,13 +358,20 @@ def report(
     if quantile is None:
         quantile = float(plan.params.get("quantile") or 0.999)
     g_q, g_t = global_losses(
-        queries, targets, temperature=temperature, metric=metric, device=device
+        queries, targets, temperature=temperature, metric=metric, device=device, progress=progress
     )
     threshold = estimate_threshold(
         queries, targets, quantile, seed=seed, metric=metric, device=device, norms=norms
     )
     graph = threshold_graph(
-        queries, targets, threshold, metric=metric, values=False, device=device, max_edges=None
+        queries,
+        targets,
+        threshold,
+        metric=metric,
+        values=False,
+        device=device,
+        max_edges=None,
+        progress=progress,
     )
     rows: dict[str, dict[str, Any]] = {}
     for name, p in (("plan", plan), ("baseline", baseline)):
