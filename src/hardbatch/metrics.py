@@ -348,6 +348,7 @@ def report(
     metric: str = "cosine",
     device: str | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """All diagnostics for ``plan`` next to a baseline (default: a random plan, same seed).
 
@@ -363,6 +364,9 @@ def report(
         default: the quantile the plan used (``plan.info["quantile"]``), else GCBS's default
         rule for N (:func:`hardbatch.similarity.default_quantile`, about 16 pairs per row).
     metric, device, seed : see :func:`loss_gap`.
+    progress : bool or None
+        Progress bars over the two N² passes (global loss, graph); ``None``: only when the
+        work takes seconds.
 
     Returns
     -------
@@ -392,13 +396,20 @@ def report(
             plan.info.get("quantile") or plan.params.get("quantile") or default_quantile(n)
         )
     g_q, g_t = global_losses(
-        queries, targets, temperature=temperature, metric=metric, device=device
+        queries, targets, temperature=temperature, metric=metric, device=device, progress=progress
     )
     threshold = estimate_threshold(
         queries, targets, quantile, seed=seed, metric=metric, device=device, norms=norms
     )
     graph = threshold_graph(
-        queries, targets, threshold, metric=metric, values=False, device=device, max_edges=None
+        queries,
+        targets,
+        threshold,
+        metric=metric,
+        values=False,
+        device=device,
+        max_edges=None,
+        progress=progress,
     )
     rows: dict[str, dict[str, Any]] = {}
     for name, p in (("plan", plan), ("baseline", baseline)):

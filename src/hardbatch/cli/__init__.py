@@ -1,11 +1,17 @@
-"""The ``hardbatch`` command: ``plan``, ``report`` and ``demo``.
+"""The ``hardbatch`` command: ``embed``, ``plan``, ``export``, ``report`` and ``demo``.
 
+* ``hardbatch embed`` (:mod:`.embed`) encodes a file of text pairs into ``queries.npy`` /
+  ``targets.npy`` with a sentence-transformers model (resumable cache, :mod:`hardbatch.io`).
 * ``hardbatch plan`` (:mod:`.plan`) plans one epoch of batches from two ``.npy`` embedding
   files and writes a plan file (``.npz``). Every parameter of every registered method is an
   option, generated from the method registry (:mod:`.options`): a method class lists its
   parameters in ``__init__`` (type hints give the option type), explains them in
   ``param_help`` and may add short flags in ``cli_aliases`` (e.g. ``{"p": ["-p"]}``). An
   option the chosen method does not take is an error.
+  ``plan --data FILE --model MODEL`` embeds text pairs (or reuses their cache) and plans in
+  one call; the options that read text pairs live in :mod:`.data`.
+* ``hardbatch export`` (:mod:`.export`) writes the training file: the pairs in plan order,
+  epoch after epoch, with ``epoch`` and ``batch`` columns.
 * ``hardbatch report`` (:mod:`.report`) prints the diagnostics of a plan next to a random plan
   (:func:`hardbatch.metrics.report`) and draws the similarity matrix in both orders.
 * ``hardbatch demo`` (:mod:`.demo`) does all of it on synthetic data with planted
@@ -25,7 +31,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..plots import MissingDependencyError
-from . import demo, plan, report
+from . import demo, embed, export, plan, report
 from .common import PROG, CliError, HelpFormatter, add_debug_option
 from .files import load_array, load_pair
 from .options import GENERAL_PARAMS, MethodOption, method_options
@@ -53,12 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Mini-batches full of hard negatives for contrastive training.\n\n"
             "Plan the batches of an epoch from paired embeddings (row i of the queries is the\n"
-            "positive of row i of the targets), see what a plan does to the loss, or run the\n"
+            "positive of row i of the targets) or from a file of text pairs, write the training\n"
+            "file in plan order for any trainer, see what a plan does to the loss, or run the\n"
             "bundled demo."
         ),
         epilog=(
             "examples:\n"
             "  hardbatch demo\n"
+            "  hardbatch plan --data pairs.jsonl --model ./my-model -o plan.npz\n"
+            "  hardbatch export plan.npz --data pairs.jsonl --epochs 3 -o train.jsonl\n"
             "  hardbatch plan --method gcbs --queries X.npy --targets Y.npy --batch-size 64 \\\n"
             "      --seed 0 --quantile 0.999 -o plan.npz\n"
             "  hardbatch report plan.npz --queries X.npy --targets Y.npy --plot similarity.png\n\n"
@@ -68,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     add_debug_option(parser, default=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (plan, report, demo):
+    for command in (embed, plan, export, report, demo):
         command.add_parser(commands)
     return parser
 

@@ -43,12 +43,18 @@ def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 
 
 def add_progress_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--progress/--no-progress`` (default: the library decides)."""
+    """``--progress/--no-progress``, on by default.
+
+    The library's own default (``progress=None``) shows bars only above N²·d = 2e11
+    multiply-adds (:data:`hardbatch.similarity._common.PROGRESS_WORK`, about two seconds on a
+    CPU); a person at a terminal waiting on a command wants to see every stage move, so the
+    commands pass ``progress=True`` unless told ``--no-progress``.
+    """
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars on stderr (default: only for work that takes seconds)",
+        default=True,
+        help="progress bars on stderr (default: on; --no-progress turns them off)",
     )
 
 

@@ -232,10 +232,17 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, MethodOptio
 
 
 def method_arguments(
-    args: argparse.Namespace, cls: type[Planner], options: dict[str, MethodOption], n: int | None
+    args: argparse.Namespace,
+    cls: type[Planner],
+    options: dict[str, MethodOption],
+    n: int | None,
+    load_fit: Callable[[MethodOption, Path], np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The method parameters and fit arrays given on the command line, checked against
     what ``cls`` takes.
+
+    ``load_fit(option, value)`` reads a fit array (default: a file, :func:`load_ids`);
+    ``plan --data`` passes one that also takes a column of the data file.
 
     Returns
     -------
@@ -259,7 +266,9 @@ def method_arguments(
     for option in passed:
         value = given[option.dest]
         if option.fit_data:
-            fit_data[option.name] = load_ids(value, option.flag, n)
+            fit_data[option.name] = (
+                load_ids(value, option.flag, n) if load_fit is None else load_fit(option, value)
+            )
         else:
             params[option.name] = value
     for name in GENERAL_PARAMS:

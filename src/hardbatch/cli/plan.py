@@ -20,6 +20,14 @@ from .common import (
     add_progress_option,
     check_device,
 )
+from .data import (
+    add_data_options,
+    add_model_options,
+    column_or_file,
+    embed_data,
+    read_data,
+    warnings_as_lines,
+)
 from .files import check_writable, load_ids, load_pair
 from .options import add_method_options, method_arguments, value_parser
 
@@ -48,13 +56,20 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "The embeddings are .npy files of shape (N, d) (float16/32/64), memory-mapped, so\n"
             "files larger than memory work. Load the plan in Python with\n"
             "hardbatch.BatchPlan.load(path, n_samples=N); 'hardbatch report' shows what it does.\n"
+            "\nOr start from text pairs: --data FILE --model MODEL embeds them (cached next to\n"
+            "the plan, see --cache-dir; as 'hardbatch embed' does) and plans in one call; then\n"
+            "--groups and --duplicate-ids name columns of the file, and 'hardbatch export'\n"
+            "writes the training file in plan order.\n"
             "\nmethods:\n" + _method_lines(methods)
         ),
         epilog=(
             "examples:\n"
             "  hardbatch plan --queries X.npy --targets Y.npy --quantile 0.999 -o plan.npz\n"
             "  hardbatch plan --method gcbs --top-k 20 --queries X.npy --targets Y.npy -o p.npz\n"
-            "  hardbatch plan --method random --n-samples 100000 --batch-size 256 -o rand.npz"
+            "  hardbatch plan --method random --n-samples 100000 --batch-size 256 -o rand.npz\n"
+            "  hardbatch plan --data pairs.jsonl --model ./my-model -o plan.npz\n"
+            "  hardbatch plan --method b3 --data pairs.jsonl --model ./my-model \\\n"
+            "      --groups module -o plan.npz"
         ),
     )
     inputs = parser.add_argument_group("inputs and output")
@@ -78,6 +93,19 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="N, for methods that need no embeddings (random) when no files are given",
+    )
+    text = parser.add_argument_group(
+        "from text pairs (instead of --queries/--targets)",
+        "Read with the same --columns/--dedupe, 'hardbatch export' writes the training file.",
+    )
+    add_data_options(text, required=False)
+    add_model_options(text, batch_flag="--embed-batch-size", required=False)
+    text.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the embeddings are written and cached (default: next to the plan file, "
+        "PLAN.embeddings/ for -o PLAN.npz)",
     )
     inputs.add_argument(
         "-o",
@@ -106,9 +134,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     common.add_argument(
         "--duplicate-ids",
         type=Path,
-        metavar="FILE",
-        help="per-sample ids (.npy, or text with one per line): samples with equal ids never "
-        "share a batch (false-negative guard)",
+        metavar="FILE|COLUMN",
+        help="per-sample ids (.npy, or text with one per line; with --data also a column of "
+        "the file): samples with equal ids never share a batch (false-negative guard)",
     )
     add_device_option(common, "the similarity matmuls")
     add_progress_option(common)
@@ -136,16 +164,11 @@ def run(args: argparse.Namespace) -> int:
     cls = get_method(args.method)
     args.device = check_device(args.device)
     check_writable(args.output, "the plan file")
-    queries = targets = None
-    if args.queries is not None or args.targets is not None or cls.uses_embeddings:
-        if args.queries is None or args.targets is None:
-            raise CliError(f"method {cls.name!r} needs both --queries and --targets")
-        queries, targets = load_pair(args.queries, args.targets)
-    n = int(queries.shape[0]) if queries is not None else args.n_samples
-    params, fit_data = method_arguments(args, cls, args.method_options, n)
-    duplicate_ids = (
-        load_ids(args.duplicate_ids, "--duplicate-ids", n) if args.duplicate_ids else None
-    )
+    with warnings_as_lines():
+        if args.data is not None:
+            queries, targets, n, params, fit_data, duplicate_ids = _from_data(args, cls)
+        else:
+            queries, targets, n, params, fit_data, duplicate_ids = _from_arrays(args, cls)
 
     start = time.perf_counter()
     if args.ray_address:
@@ -173,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             drop_last=args.drop_last,
-            n_samples=args.n_samples,
+            n_samples=args.n_samples if args.data is None else n,
             duplicate_ids=duplicate_ids,
             **params,
             **fit_data,
@@ -183,6 +206,80 @@ def run(args: argparse.Namespace) -> int:
     print(plan_summary(batch_plan, seconds))
     print(f"wrote     {args.output}")
     return 0
+
+
+#: Options of the text-pair path, checked to be absent without ``--data``: (dest, default, flag).
+_DATA_ONLY = (
+    ("model", None, "--model"),
+    ("cache_dir", None, "--cache-dir"),
+    ("columns", None, "--columns"),
+    ("data_format", None, "--format"),
+    ("split", None, "--split"),
+    ("dedupe", False, "--dedupe"),
+    ("max_length", None, "--max-length"),
+    ("normalize", True, "--no-normalize"),
+)
+
+
+def _from_arrays(args: argparse.Namespace, cls: type) -> tuple:
+    """Embeddings from ``--queries/--targets`` (or none: ``--n-samples``), ids from files."""
+    given = [flag for dest, default, flag in _DATA_ONLY if getattr(args, dest) != default]
+    if given:
+        raise CliError(f"{given[0]} goes with --data (text pairs); it has no meaning without it")
+    queries = targets = None
+    if args.queries is not None or args.targets is not None or cls.uses_embeddings:
+        if args.queries is None or args.targets is None:
+            raise CliError(
+                f"method {cls.name!r} needs both --queries and --targets (or text pairs: "
+                "--data FILE --model MODEL)"
+            )
+        queries, targets = load_pair(args.queries, args.targets)
+    n = int(queries.shape[0]) if queries is not None else args.n_samples
+    params, fit_data = method_arguments(args, cls, args.method_options, n)
+    duplicate_ids = (
+        load_ids(args.duplicate_ids, "--duplicate-ids", n) if args.duplicate_ids else None
+    )
+    return queries, targets, n, params, fit_data, duplicate_ids
+
+
+def default_cache_dir(output: Path) -> Path:
+    """Where ``plan --data`` keeps its embeddings by default: ``plan.npz`` -> ``plan.embeddings``
+    (next to the plan, so a rerun with another method or batch size reuses them)."""
+    return output.with_suffix(".embeddings")
+
+
+def _from_data(args: argparse.Namespace, cls: type) -> tuple:
+    """Text pairs from ``--data``, embedded with ``--model`` (cached); per-sample arrays from
+    the file's columns. Every option is checked before the embedding starts."""
+    if args.queries is not None or args.targets is not None:
+        raise CliError(
+            "--data and --queries/--targets are mutually exclusive: give text pairs (--data, "
+            "embedded with --model) or their embeddings (--queries/--targets), not both"
+        )
+    if cls.uses_embeddings and args.model is None:
+        raise CliError(
+            f"method {cls.name!r} plans from embeddings: --data needs --model to encode the pairs"
+        )
+    pairs = read_data(args)
+    n = len(pairs)
+    if args.n_samples is not None and args.n_samples != n:
+        raise CliError(f"--n-samples {args.n_samples} but {args.data} holds {n} pairs")
+    params, fit_data = method_arguments(
+        args,
+        cls,
+        args.method_options,
+        n,
+        load_fit=lambda option, value: column_or_file(pairs, value, option.flag),
+    )
+    duplicate_ids = (
+        column_or_file(pairs, args.duplicate_ids, "--duplicate-ids") if args.duplicate_ids else None
+    )
+    queries = targets = None
+    if cls.uses_embeddings:
+        cache = args.cache_dir or default_cache_dir(args.output)
+        print(f"embeddings {cache} (reused while the file, model and options stay the same)")
+        queries, targets = embed_data(args, pairs, cache)
+    return queries, targets, n, params, fit_data, duplicate_ids
 
 
 # --------------------------------------------------------------------------- summary

@@ -9,7 +9,14 @@ from pathlib import Path
 from .. import metrics, plots
 from ..api import plan
 from ..plans import BatchPlan
-from .common import CliError, HelpFormatter, add_debug_option, add_device_option, check_device
+from .common import (
+    CliError,
+    HelpFormatter,
+    add_debug_option,
+    add_device_option,
+    add_progress_option,
+    check_device,
+)
 from .files import check_writable, existing, load_pair, write_json
 
 
@@ -81,6 +88,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "seed (default: 0)",
     )
     add_device_option(parser, "the loss computations")
+    add_progress_option(parser)
     parser.add_argument(
         "--plot",
         type=Path,
@@ -144,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         metric=metric,
         device=args.device,
         seed=args.seed,
+        progress=args.progress,
     )
     print(
         f"plan {args.plan}: {batch_plan.method}, N={n}, {batch_plan.n_batches} batches of "
