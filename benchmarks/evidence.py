@@ -11,6 +11,9 @@ Usage::
     python benchmarks/evidence.py                      # the full run (prints its estimate)
     python benchmarks/evidence.py --sweep              # + sensitivity sweep (own flag)
     python benchmarks/evidence.py --quick --sweep --tasks code
+    python benchmarks/evidence.py --parts recipe --estimate-only   # arms check + estimate
+    python benchmarks/evidence.py --parts recipe --students static --tasks code \
+        --arms random random+mask_teacher gcbs_default gcbs_default+mask_teacher
 
 Tasks: ``code`` and ``wordnet`` (frozen-feature student, MRR / recall@1/10), ``digits``
 (SimCLR CNN, kNN accuracy), ``finetune`` (MiniLM fully fine-tuned on the code corpus).
