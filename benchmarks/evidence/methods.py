@@ -58,6 +58,19 @@ from hardbatch.plans import BatchPlan, register_epoch_rule
 
 METHODS = ("random", "nodup", "hn1", "tas", "gcbs", "gcbs_rec", "b3", "b3_hn")
 N_REF = 50_000
+#: Knob value meaning "pass nothing: whatever the library's default is" (the new defaults).
+LIBRARY = "library"
+#: The hardbatch planner behind each benchmark method (whose parameters a knob may name).
+LIBRARY_METHOD = {
+    "random": "random",
+    "nodup": "random",
+    "hn1": "random",
+    "tas": "tas_kmeans",
+    "gcbs": "gcbs",
+    "gcbs_rec": "gcbs",
+    "b3": "b3",
+    "b3_hn": "b3",
+}
 
 #: Default knobs (the sweep varies them).
 DEFAULTS: dict[str, Any] = {
@@ -70,6 +83,46 @@ DEFAULTS: dict[str, Any] = {
     "m": None,
     "b3_negatives": 1,
 }
+
+
+def passthrough_knobs(method: str, knobs: dict | None) -> dict[str, Any]:
+    """Knobs that are not benchmark knobs (:data:`DEFAULTS`): passed verbatim to the library.
+
+    E.g. ``{"hardness": 0.5}`` reaches ``HardBatchSampler(method="gcbs", hardness=0.5)`` or
+    ``hardbatch.plan("b3", ..., hardness=0.5)``. Only the GCBS and B3 methods take them.
+    """
+    extra = {k: v for k, v in (knobs or {}).items() if k not in DEFAULTS}
+    if extra and LIBRARY_METHOD.get(method) not in ("gcbs", "b3"):
+        raise ValueError(
+            f"method {method!r} takes no library knobs; got {sorted(extra)} (only the GCBS and "
+            "B3 methods pass knobs through to hardbatch)"
+        )
+    return extra
+
+
+def check_knobs(method: str, knobs: dict | None) -> None:
+    """Fail fast: every pass-through knob must be a parameter of the library's planner.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, or a knob the installed hardbatch does not know (e.g. ``hardness``
+        before the dial exists), named with the planner's parameters.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    extra = passthrough_knobs(method, knobs)
+    if not extra:
+        return
+    lib = LIBRARY_METHOD[method]
+    known = hardbatch.get_method(lib).param_names()
+    unknown = sorted(set(extra) - set(known))
+    if unknown:
+        raise ValueError(
+            f"knob(s) {unknown} of method {method!r} are not parameters of the installed "
+            f"hardbatch's {lib!r} planner (it takes: {', '.join(known)}); this hardbatch does "
+            "not support them yet"
+        )
 
 
 def b3_window(n: int, cluster_size: int) -> tuple[int, int]:
@@ -224,6 +277,7 @@ def make_source(
         Overrides of :data:`DEFAULTS`.
     """
     k = {**DEFAULTS, **(knobs or {})}
+    extra = passthrough_knobs(name, knobs)
     tq, tt = teacher
     common = dict(n_samples=n, batch_size=batch_size, seed=seed)
     tick = time.perf_counter()
@@ -261,18 +315,22 @@ def make_source(
         )
         sampler = hardbatch.HardBatchSampler(plan=plan, seed=seed)
         return BatchSource(name, sampler, setup_s=time.perf_counter() - tick, info=plan.info)
+    # GCBS: quantile=LIBRARY passes no selection knob (the library's default rule).
+    gcbs_params = {} if k["quantile"] == LIBRARY else {"quantile": k["quantile"]}
+    gcbs_params.update(extra)
+    gcbs_info = {"quantile": k["quantile"], **extra}
     if name == "gcbs":
         sampler = hardbatch.HardBatchSampler(
-            method="gcbs", embed_fn=embed_fn, refresh="epoch", quantile=k["quantile"], **common
+            method="gcbs", embed_fn=embed_fn, refresh="epoch", **gcbs_params, **common
         )
-        return BatchSource(name, sampler, info={"quantile": k["quantile"]})
+        return BatchSource(name, sampler, info=gcbs_info)
     if name == "gcbs_rec":
         if tq.shape[1] == student_dim:
             sampler = hardbatch.HardBatchSampler(
                 method="gcbs",
                 refresh="recorded",
                 embeddings=(tq, tt),
-                quantile=k["quantile"],
+                **gcbs_params,
                 **common,
             )
             initial = "teacher"
@@ -282,18 +340,20 @@ def make_source(
                 refresh="recorded",
                 embed_fn=embed_fn,
                 initial="embed",
-                quantile=k["quantile"],
+                **gcbs_params,
                 **common,
             )
             initial = "embed pass"
-        return BatchSource(
-            name, sampler, records=True, info={"quantile": k["quantile"], "initial": initial}
-        )
+        return BatchSource(name, sampler, records=True, info={**gcbs_info, "initial": initial})
     if name in ("b3", "b3_hn"):
-        cluster_size = int(k["cluster_size"])
-        p, m = b3_window(n, cluster_size)
-        p = p if k["p"] is None else int(k["p"])
-        m = m if k["m"] is None else int(k["m"])
+        # LIBRARY: pass nothing (the library's default); None (p, m): scaled to N.
+        params: dict[str, Any] = {}
+        if k["cluster_size"] != LIBRARY:
+            params["cluster_size"] = int(k["cluster_size"])
+        scaled = b3_window(n, params.get("cluster_size", 32))
+        for key, value in zip(("p", "m"), scaled, strict=True):
+            if k[key] != LIBRARY:
+                params[key] = value if k[key] is None else int(k[key])
         h = int(k["b3_negatives"]) if name == "b3_hn" else 0
         plan = hardbatch.plan(
             "b3",
@@ -301,12 +361,12 @@ def make_source(
             tt,
             batch_size=batch_size,
             seed=seed,
-            cluster_size=cluster_size,
-            p=p,
-            m=m,
             hard_negatives=h,
             device="cpu",
+            **params,
+            **extra,
         )
+        cluster_size, p, m = (plan.params.get(key) for key in ("cluster_size", "p", "m"))
         sampler = hardbatch.HardBatchSampler(plan=plan, seed=seed)
         negatives_of = None
         if h:
@@ -315,7 +375,7 @@ def make_source(
             def negatives_of(epoch: int, ids: np.ndarray) -> np.ndarray:
                 return hard[ids]
 
-        info = {"cluster_size": cluster_size, "p": p, "m": m, "hard_negatives": h}
+        info = {"cluster_size": cluster_size, "p": p, "m": m, "hard_negatives": h, **extra}
         info.update(
             {key: plan.info.get(key) for key in ("mean_degree", "in_cluster_edge_fraction")}
         )

@@ -269,3 +269,77 @@ def plot_sweep(runs: list[dict], metric: str, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def group_arms(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by arm name (``r["arm"]``), in the order the arms first appear."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        out[r["arm"]].append(r)
+    return dict(out)
+
+
+def _mask_suffix(arm: str) -> str:
+    return arm[len(arm.split("+", 1)[0]) :]
+
+
+def recipe_table(runs: list[dict], metric: str) -> str:
+    """One row per arm: quality, Δ vs random and vs random with the same mask (both paired by
+    seed), masked and teacher-suspect shares, loss gap vs random, costs per epoch."""
+    by = group_arms(runs)
+    base = by.get("random")
+    head = [
+        "arm",
+        "seeds",
+        f"test {metric}",
+        "Δ vs random",
+        "Δ vs random + same mask",
+        "masked",
+        "suspect (teacher)",
+        "gap vs random",
+        "train s/epoch",
+        "extra fwd + planning s/epoch",
+        "setup s",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base_gap = _epoch_stat(base, "gap") if base else float("nan")
+    for arm, rs in by.items():
+        row = [arm, str(len(rs)), _ms([r["test"][metric] for r in rs])]
+        row.append(_paired(base, rs, metric) if base and arm != "random" else "–")
+        same = by.get("random" + _mask_suffix(arm))
+        row.append(_paired(same, rs, metric) if same and same is not rs else "–")
+        row.append(f"{100 * np.mean([r.get('masked_share', 0.0) for r in rs]):.2f}%")
+        frac = [r["suspect_fraction"] for r in rs if "suspect_fraction" in r]
+        row.append(f"{100 * np.mean(frac):.2f}%" if frac else "–")
+        gap = _epoch_stat(rs, "gap")
+        ok = np.isfinite(gap) and np.isfinite(base_gap) and base_gap and arm != "random"
+        row.append(f"{gap / base_gap - 1:+.0%}" if ok else "–")
+        row.append(f"{_epoch_stat(rs, 'train_s', np.median):.2f}")
+        plan = [e["extra_forward_s"] + e["planning_s"] for r in rs for e in r["epochs"]]
+        row.append(f"{np.median(plan):.2f}" if plan else "–")
+        row.append(f"{np.median([r['setup_s'] for r in rs]):.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def recipe_summary(groups: dict[str, tuple[list[dict], str]]) -> str:
+    """One row per arm, one column per (student, task): Δ test metric vs random + the same
+    mask, paired by seed (the strongest baseline); ``groups``: label -> (runs, metric)."""
+    arms: list[str] = []
+    for runs, _ in groups.values():
+        arms += [a for a in group_arms(runs) if a not in arms]
+    head = ["arm", *groups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        row = [arm]
+        for runs, metric in groups.values():
+            by = group_arms(runs)
+            rs, same = by.get(arm), by.get("random" + _mask_suffix(arm))
+            if not rs:
+                row.append("–")
+            elif same is None or same is rs:
+                row.append(_ms([r["test"][metric] for r in rs]))
+            else:
+                row.append(_paired(same, rs, metric))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

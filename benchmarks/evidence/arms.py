@@ -1,0 +1,112 @@
+"""Arms of the recipe comparison: (name, method, knobs, student options).
+
+An arm is one column of the recipe tables: a batch method of :mod:`.methods` with its knobs,
+and the student's options (the false-negative mask). Knobs not among the benchmark's own
+(:data:`.methods.DEFAULTS`) pass through to hardbatch (e.g. ``hardness``); a knob set to
+:data:`.methods.LIBRARY` passes nothing, so the library's default applies. Names:
+
+``random``                 uniform random batches
+``gcbs``                   GCBS as the evidence run had it: ``quantile=0.999`` explicitly
+``gcbs_default``           GCBS with no selection knob (whatever the library's default is)
+``gcbs_dial05``            ``gcbs_default`` + ``hardness=0.5``
+``b3``                     B3 with the evidence run's p, m scaled to N, cluster size 32
+``b3_default``             B3 with no cluster_size / p / m (the library's defaults)
+``b3_dial05``              ``b3_default`` + ``hardness=0.5``
+``<arm>+mask_teacher``     the same batches, loss with the teacher false-negative mask
+``<arm>+mask_self``        the same batches, loss with the student's own (detached) mask
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .methods import LIBRARY, check_knobs
+
+#: Student options of the mask suffixes.
+MASKS = {"": {}, "+mask_teacher": {"fn_mask": "teacher"}, "+mask_self": {"fn_mask": "self"}}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared configuration.
+
+    Attributes
+    ----------
+    name : str
+    method : str
+        One of :data:`.methods.METHODS`.
+    knobs : dict
+        Method knobs (benchmark knobs or library pass-through).
+    student : dict
+        Keyword options of the student (``fn_mask``, ``fn_rule``, ``fn_margin``).
+    """
+
+    name: str
+    method: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        """The arm's name without its mask suffix."""
+        return self.name.split("+", 1)[0]
+
+    @property
+    def mask(self) -> str:
+        """The mask suffix (``""``, ``"+mask_teacher"``, ``"+mask_self"``)."""
+        return self.name[len(self.base) :]
+
+
+def base_arms(gcbs_method: str = "gcbs") -> list[tuple[str, str, dict]]:
+    """``(name, method, knobs)`` of the unmasked arms; ``gcbs_method`` picks the refresh
+    (``"gcbs"``: epoch refresh, ``"gcbs_rec"``: recorded)."""
+    lib_b3 = {"cluster_size": LIBRARY, "p": LIBRARY, "m": LIBRARY}
+    return [
+        ("random", "random", {}),
+        ("gcbs", gcbs_method, {"quantile": 0.999}),
+        ("gcbs_default", gcbs_method, {"quantile": LIBRARY}),
+        ("gcbs_dial05", gcbs_method, {"quantile": LIBRARY, "hardness": 0.5}),
+        ("b3", "b3", {}),
+        ("b3_default", "b3", lib_b3),
+        ("b3_dial05", "b3", {**lib_b3, "hardness": 0.5}),
+    ]
+
+
+def recipe_arms(gcbs_method: str = "gcbs", masks=tuple(MASKS)) -> list[Arm]:
+    """Every base arm with every mask suffix, base by base."""
+    return [
+        Arm(name + suffix, method, dict(knobs), dict(MASKS[suffix]))
+        for name, method, knobs in base_arms(gcbs_method)
+        for suffix in masks
+    ]
+
+
+ARM_NAMES = tuple(a.name for a in recipe_arms())
+
+
+def select(arms: list[Arm], names: list[str] | None) -> list[Arm]:
+    """The arms named (in the given order); all when ``names`` is None."""
+    if names is None:
+        return list(arms)
+    by = {a.name: a for a in arms}
+    unknown = [n for n in names if n not in by]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(by)}")
+    return [by[n] for n in names]
+
+
+def check_arms(arms: list[Arm]) -> None:
+    """Fail fast, before any training: every arm's knobs must be known to the installed
+    hardbatch (all problems in one message)."""
+    problems = []
+    for arm in arms:
+        try:
+            check_knobs(arm.method, arm.knobs)
+        except ValueError as e:
+            problems.append(f"arm {arm.name!r}: {e}")
+    if problems:
+        raise ValueError(
+            "these arms cannot run with this hardbatch (drop them with --arms):\n  "
+            + "\n  ".join(problems)
+        )
