@@ -13,6 +13,7 @@ details.
 """
 
 from .integrations.sentence_transformers import (
+    FalseNegativeMaskedLoss,
     HardBatchConfig,
     HardBatchTrainer,
     HardBatchTrainerMixin,
@@ -24,6 +25,7 @@ from .integrations.sentence_transformers import (
 HardBatchSampler = SentenceTransformersHardBatchSampler
 
 __all__ = [
+    "FalseNegativeMaskedLoss",
     "HardBatchConfig",
     "HardBatchSampler",
     "HardBatchTrainer",

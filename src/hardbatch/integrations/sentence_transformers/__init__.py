@@ -16,8 +16,10 @@ that dataset. A ``DatasetDict`` therefore gets one plan per dataset (the trainer
 multi-dataset sampler interleaves them).
 
 Modules: :mod:`.sampler` (the config and the sampler it makes), :mod:`.loss`
-(:class:`RecordingLoss`, for ``refresh="recorded"``), :mod:`.trainer` (:class:`HardBatchTrainer`
-and :class:`HardBatchTrainerMixin`, which say which dataloader a sampler is for).
+(:class:`RecordingLoss`, for ``refresh="recorded"``), :mod:`.masked_loss`
+(:class:`FalseNegativeMaskedLoss`, false negatives left out of MNRL / CachedMNRL),
+:mod:`.trainer` (:class:`HardBatchTrainer` and :class:`HardBatchTrainerMixin`, which say which
+dataloader a sampler is for and log the masked share).
 
 Where the embeddings come from
 ------------------------------
@@ -45,6 +47,13 @@ False negatives: ``duplicates="target"`` (default) hashes the target text so tha
 with the same positive never share a batch (the guarantee ``BatchSamplers.NO_DUPLICATES``
 gives); ``"query"`` hashes the query, ``"pair"`` both, ``None`` turns the guard off. Hard
 batches need it more than random ones: exact duplicates are each other's nearest neighbours.
+
+False negatives in the loss: ``loss = config.wrap_loss(MultipleNegativesRankingLoss(model),
+false_negatives=dict(rule="relative", margin=0.95, mask_from="self"))`` leaves the in-batch
+negatives scored above 0.95 × the positive out of the softmax (no extra forward pass;
+``mask_from="teacher"`` with ``embeddings=(Tq, Tt)``, or ``"recorded"``, scores them with the
+teacher's or the recorder's embeddings of the batch's samples). :class:`HardBatchTrainer` logs
+``masked_share`` (share of negatives left out) with the training loss.
 
 Evaluation
 ----------
@@ -77,11 +86,13 @@ model, teacher, embeddings and recorded state are left out.
 """
 
 from .loss import RecordingLoss
+from .masked_loss import FalseNegativeMaskedLoss
 from .sampler import DUPLICATE_RULES, HardBatchConfig, SentenceTransformersHardBatchSampler
 from .trainer import HardBatchTrainer, HardBatchTrainerMixin
 
 __all__ = [
     "DUPLICATE_RULES",
+    "FalseNegativeMaskedLoss",
     "HardBatchConfig",
     "HardBatchTrainer",
     "HardBatchTrainerMixin",

@@ -82,8 +82,8 @@ class RecordingLoss(nn.Module):
     ) -> None:
         size = _batch_len(features[0])
         popped = tracker.pop(size)  # always pop: keeps the queue aligned with the batches
-        if popped is None or not captured:
-            return
+        if popped is None or popped[0] is None or not captured:
+            return  # no recorder: the batch was queued for a mask, not for recording
         recorder, indices = popped
         rows = torch.cat(captured)
         if len(features) < 2 or rows.shape[0] != len(features) * size:

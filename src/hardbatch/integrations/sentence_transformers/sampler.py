@@ -22,6 +22,7 @@ from ...refresh import POLICY_CLASSES, REFRESH_POLICIES, resolve_refresh
 from ...sampler import HardBatchSampler as CoreHardBatchSampler
 from ..huggingface import select_rows, text_columns, text_duplicate_ids
 from .loss import RecordingLoss
+from .masked_loss import FalseNegativeMaskedLoss
 
 try:  # sentence-transformers >= 6 moved the samplers to `base`
     from sentence_transformers.base.sampler import DefaultBatchSampler
@@ -57,7 +58,12 @@ class HardBatchConfig:
         Every sampler made so far (training and evaluation), e.g. to read ``history_``.
     tracker_ : BatchTracker or None
         The batches handed to this process (made with the first sampler that needs it).
+    track_batches : bool
+        Queue training batches for the loss even when no refresh policy records (set by a
+        :class:`FalseNegativeMaskedLoss` that masks from teacher or recorded embeddings).
     """
+
+    track_batches: bool = False
 
     def __init__(
         self,
@@ -175,9 +181,20 @@ class HardBatchConfig:
             self.tracker_ = BatchTracker(ddp.world_size(), ddp.rank())
         return self.tracker_
 
-    def wrap_loss(self, loss: nn.Module) -> RecordingLoss:
-        """Wrap a loss so that its forward pass records embeddings (``refresh="recorded"``)."""
-        return RecordingLoss(loss, self)
+    def wrap_loss(
+        self, loss: nn.Module, false_negatives: dict[str, Any] | None = None
+    ) -> RecordingLoss | FalseNegativeMaskedLoss:
+        """Wrap a loss so that its forward pass records embeddings (``refresh="recorded"``)
+        and, with ``false_negatives=dict(rule=, margin=, mask_from=, embeddings=)``, leaves
+        suspected false negatives out (:class:`FalseNegativeMaskedLoss`, which records too)."""
+        if false_negatives is None:
+            return RecordingLoss(loss, self)
+        if not isinstance(false_negatives, dict):
+            raise ValueError(
+                "false_negatives must be a dict of FalseNegativeMaskedLoss options, e.g. "
+                f"dict(rule='relative', margin=0.95, mask_from='self'), got {false_negatives!r}"
+            )
+        return FalseNegativeMaskedLoss(loss, config=self, **false_negatives)
 
     @property
     def encoder(self) -> Any:
@@ -433,7 +450,7 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
                 yield batch.tolist()
             return
         sampler = self.sampler_
-        recording = self.for_training and sampler.policy.records
+        recording = self.for_training and (sampler.policy.records or self.config.track_batches)
         tracker = self.config.tracker if recording else None
         for batch in sampler:
             if tracker is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .masked_loss import masked_share_logs
 from .sampler import HardBatchConfig
 
 try:
@@ -53,6 +54,13 @@ class HardBatchTrainerMixin:
             return build(*args, **kw)
         finally:
             self._hardbatch_training = previous
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        # Training logs get the share of negatives a FalseNegativeMaskedLoss left out
+        # (mean over the steps since the last log), before any reporter sees them.
+        if "loss" in logs:
+            logs = {**logs, **masked_share_logs(self.loss)}
+        return super().log(logs, *args, **kwargs)
 
     def get_batch_sampler(
         self,
