@@ -278,6 +278,8 @@ def test_hard_batch_trainer_test_loader_and_other_samplers(model, tmp_path):
     )
     loader = trainer.get_test_dataloader(make_dataset(20, seed=6))
     assert len(loader) == 2 and not config.samplers_[-1].for_training
+    assert config.samplers_[-1].sampler_.plan_ is None  # len() counts, it does not plan
+    list(config.samplers_[-1])
     assert config.samplers_[-1].sampler_.plan_.method == "random"
     trainer.get_train_dataloader()
     assert config.samplers_[-1].for_training

@@ -14,12 +14,14 @@ import numpy as np
 from ._json import to_jsonable
 from .batching import (
     PAD,
+    epoch_rng,
     guard_rng,
     iter_rows,
     regroup_clusters_epoch,
     reshuffle_epoch,
     separate_duplicates,
 )
+from .leftovers import leave_out_of_clusters, leave_out_of_order, rotating_leftovers
 
 #: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`. Files of version 1
 #: written before ``epoch_rule`` was stored are read with the rule of their method
@@ -32,6 +34,10 @@ EpochRule = Callable[["BatchPlan", int], np.ndarray]
 
 
 def _fixed(plan: BatchPlan, epoch: int) -> np.ndarray:
+    if plan.order is not None and plan.rotates_leftovers:
+        # The same order, but the samples drop_last leaves out take turns (see
+        # BatchPlan.rotating_leftovers); drop_last=False plans keep their batches.
+        return _leave_out(plan, plan.rotating_leftovers(epoch), epoch)
     return plan.batches
 
 
@@ -48,6 +54,9 @@ def _reshuffle(plan: BatchPlan, epoch: int) -> np.ndarray:
 def _regroup_clusters(plan: BatchPlan, epoch: int) -> np.ndarray:
     if plan.clusters is None:
         raise ValueError("epoch rule 'regroup_clusters' needs plan.clusters, which is None")
+    if plan.rotates_leftovers:
+        # Without this the short cluster (N mod K) would be in the dropped batch every epoch.
+        return _leave_out(plan, plan.rotating_leftovers(epoch), epoch)
     return regroup_clusters_epoch(
         plan.clusters,
         plan.batch_size,
@@ -56,6 +65,25 @@ def _regroup_clusters(plan: BatchPlan, epoch: int) -> np.ndarray:
         cluster_groups=plan.cluster_groups,
         drop_last=plan.drop_last,
     )
+
+
+def _leave_out(plan: BatchPlan, left_out: np.ndarray, epoch: int) -> np.ndarray:
+    """Epoch ``epoch`` of ``plan`` leaving out exactly ``left_out`` (before the guard): cluster
+    plans regroup repaired clusters, others cut their order (or their rows in order, then
+    their leftovers) without them."""
+    if plan.clusters is not None:
+        return leave_out_of_clusters(
+            plan.clusters,
+            left_out,
+            plan.batch_size,
+            rng=epoch_rng(int(plan.seed or 0), epoch),
+            cluster_groups=plan.cluster_groups,
+        )
+    order = plan.order
+    if order is None:
+        rows = plan.batches[plan.batches != PAD]
+        order = np.concatenate([rows, plan.leftovers()])
+    return leave_out_of_order(order, left_out, plan.batch_size)
 
 
 _EPOCH_RULES: dict[str, EpochRule] = {
@@ -196,7 +224,9 @@ class BatchPlan:
         """Batches of epoch ``epoch`` under the plan's :attr:`epoch_rule`.
 
         Epoch 0 is always :attr:`batches`. With :attr:`duplicate_ids` the guard is applied to
-        every epoch the rule changes. An unknown rule is a ``ValueError``.
+        every epoch the rule changes. An unknown rule is a ``ValueError``. With ``drop_last``
+        the built-in rules leave out other samples each epoch (:meth:`rotating_leftovers`;
+        ``"reshuffle"`` by its fresh permutation).
         """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
             raise ValueError(f"epoch must be an integer, got {epoch!r}")
@@ -205,7 +235,48 @@ class BatchPlan:
         rule = _EPOCH_RULES[check_epoch_rule(self.epoch_rule)]
         if epoch == 0:
             return self.batches
-        batches = rule(self, int(epoch))
+        return self._guarded(rule(self, int(epoch)), int(epoch))
+
+    # ------------------------------------------------------------------ leftovers
+    def leftovers(self) -> np.ndarray:
+        """Sample ids in no row of :attr:`batches` (what ``drop_last`` left out of epoch 0)."""
+        present = np.zeros(self.n_samples, dtype=bool)
+        present[self.batches[self.batches != PAD]] = True
+        return np.flatnonzero(~present)
+
+    @property
+    def rotates_leftovers(self) -> bool:
+        """Whether ``drop_last`` leaves samples out of this plan's epochs (so they rotate)."""
+        return bool(self.drop_last) and len(self.leftovers()) > 0
+
+    def rotating_leftovers(self, epoch: int) -> np.ndarray:
+        """The samples epoch ``epoch >= 1`` leaves out with ``drop_last``.
+
+        :func:`hardbatch.leftovers.rotating_leftovers` with the plan's seed and groups and epoch
+        0's leftovers last: over ``E`` epochs no sample is left out more than
+        ``ceil(E·r / N)`` times (``r = N % batch_size``, per group when grouped).
+        """
+        return rotating_leftovers(
+            self.n_samples,
+            self.batch_size,
+            seed=int(self.seed or 0),
+            epoch=int(epoch),
+            groups=self.sample_groups,
+            last=self.leftovers(),
+        )
+
+    def leaving_out(self, left_out: np.ndarray, epoch: int) -> np.ndarray:
+        """Batches of epoch ``epoch >= 1`` that leave out exactly ``left_out`` (full batches
+        only; the duplicate guard applied).
+
+        A re-planning sampler uses it to rotate the leftovers of plans it makes each epoch
+        (their own cut always leaves out the end of the order). Cluster plans keep whole
+        clusters (:func:`hardbatch.leftovers.leave_out_of_clusters`); other plans cut their
+        :attr:`order` (or their rows in order) without ``left_out``.
+        """
+        return self._guarded(_leave_out(self, np.asarray(left_out, dtype=np.int64), epoch), epoch)
+
+    def _guarded(self, batches: np.ndarray, epoch: int) -> np.ndarray:
         if self.duplicate_ids is not None and batches is not self.batches:
             # The guard holds in every epoch, not only in the planned one.
             batches, _ = separate_duplicates(
