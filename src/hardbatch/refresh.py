@@ -242,7 +242,7 @@ class NeverRefresh(RefreshPolicy):
         return self.static_plan(epoch).for_epoch(epoch)
 
     def n_batches(self, epoch: int) -> int:
-        if self.plan_ is not None:  # a given plan (its own rows) or one already made: local
+        if self.given:  # a plan built elsewhere counts its own rows (local data)
             return len(self.plan_.for_epoch(epoch))
         return self.planning.batch_count()
 
