@@ -233,7 +233,7 @@ def test_never_refresh_plans_once_and_serves_the_method_rule(pairs):
     )
     for epoch in (0, 1, 2):
         np.testing.assert_array_equal(policy.epoch_batches(epoch), reference.for_epoch(epoch))
-    assert policy.n_batches(4, never_planned) == len(reference.batches)
+    assert policy.n_batches(4) == len(reference.batches)
     assert len(planning.history_) == 1 and planning.history_[0]["policy"] == "never"
     # A given plan is served as is, with its own epoch rule (random reshuffles).
     given = hardbatch.plan("random", n_samples=N, batch_size=B, seed=9)
@@ -265,11 +265,10 @@ def test_epoch_refresh_embeds_and_plans_every_epoch(pairs):
         )
         np.testing.assert_array_equal(batches, reference.batches)
     assert calls == [N, N]
-    # GCBS cuts N into full batches: counted without planning.
-    assert policy.n_batches(5, never_planned) == N // B
-    # A cluster method may cut N differently: the epoch is planned to count it.
+    # Counted without planning (no embedding pass, no collective): the method's count rule.
+    assert policy.n_batches(5) == N // B and calls == [N, N]
     b3 = make_refresh_policy("epoch", planning_for(pairs, "b3", embed_fn=embed))
-    assert b3.n_batches(0, lambda epoch: np.zeros((7, B))) == 7
+    assert b3.n_batches(0) == N // B and calls == [N, N]
 
 
 def test_recorded_refresh_plans_from_the_recorder(pairs):

@@ -321,3 +321,47 @@ def test_bad_input_with_plan(pairs):
         HardBatchSampler(n_samples=10, embeddings=(pairs.queries, pairs.targets))
     with pytest.raises(ValueError, match="targets have 100 rows, expected N=300"):
         HardBatchSampler(embeddings=(pairs.queries, pairs.targets[:100]))
+
+
+LEN_CASES = [
+    ("random", {}),
+    ("gcbs", {"refresh": "epoch", "quantile": 0.95}),
+    ("gcbs", {"refresh": "never", "quantile": 0.95}),
+    ("gcbs", {"refresh": "recorded", "quantile": 0.95}),
+    ("gcbs", {"refresh": "steps", "refresh_every": 3, "top_k": 5}),
+    ("b3", {"cluster_size": 8, "p": 2, "m": 10}),
+    ("b3", {"cluster_size": 8, "p": 2, "m": 10, "refresh": "epoch"}),
+]
+LEN_CASES = [(m, kw, False) for m, kw in LEN_CASES] + [
+    (m, kw, True)
+    for m, kw in LEN_CASES
+    if m == "b3"  # groups: a B3 fit argument
+]
+
+
+@pytest.mark.parametrize("method, kwargs, grouped", LEN_CASES)
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_len_before_planning_is_the_count_served(pairs, method, kwargs, drop_last, grouped):
+    """len() is counted locally (no plan, hence no collective) and equals what is served."""
+    n = 283  # N % 32 = 27 and N % 8 = 3: a short cluster and leftover clusters
+    extra = {"groups": np.arange(n) % 3 < 1} if grouped else {}
+    sampler = HardBatchSampler(
+        n_samples=n,
+        batch_size=32,
+        method=method,
+        seed=1,
+        drop_last=drop_last,
+        embed_fn=None if method == "random" else fixed_embed_fn(make_planted_pairs(n, D, seed=2)),
+        **kwargs,
+        **extra,
+    )
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        counted = len(sampler)
+        if epoch == 0:
+            assert sampler.history_ == [] and sampler.plan_ is None  # nothing was planned
+        batches = list(sampler)
+        assert counted == len(batches) == len(sampler)
+        if kwargs.get("refresh") == "recorded":
+            for b in batches:
+                sampler.record(torch.randn(len(b), D), torch.randn(len(b), D), b)

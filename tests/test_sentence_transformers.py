@@ -278,6 +278,8 @@ def test_hard_batch_trainer_test_loader_and_other_samplers(model, tmp_path):
     )
     loader = trainer.get_test_dataloader(make_dataset(20, seed=6))
     assert len(loader) == 2 and not config.samplers_[-1].for_training
+    assert config.samplers_[-1].sampler_.plan_ is None  # len() counts, it does not plan
+    list(config.samplers_[-1])
     assert config.samplers_[-1].sampler_.plan_.method == "random"
     trainer.get_train_dataloader()
     assert config.samplers_[-1].for_training
@@ -501,3 +503,135 @@ def test_configure_forwards_the_hardness_dial(model):
     plan = sampler.sampler_.plan_
     assert plan.params["hardness"] == schedule.to_json() and plan.info["hardness"]["dial"] == 0.5
     assert pickle.loads(pickle.dumps(config)).method_params["hardness"] == schedule
+
+
+def distinct_anchor_dataset(n=64):
+    """Anchors made of distinct word pairs: their token ids name the sample."""
+    anchors = [f"{WORDS[i % 25]} {WORDS[i // 25]} {WORDS[(3 * i) % 25]}" for i in range(n)]
+    return datasets.Dataset.from_dict(
+        {"anchor": anchors, "positive": [a + " sun" for a in anchors]}
+    )
+
+
+class LoggingLoss(torch.nn.Module):
+    """MNRL that logs the sample ids of every batch it trains on."""
+
+    def __init__(self, model, anchors, log):
+        super().__init__()
+        self.inner, self.log = MultipleNegativesRankingLoss(model), log
+        tokens = model.tokenize(anchors)
+        rows = zip(tokens["input_ids"], tokens["attention_mask"], strict=True)
+        self.ids = {tuple(row[m.bool()].tolist()): i for i, (row, m) in enumerate(rows)}
+
+    def forward(self, features, labels=None):
+        f = features[0]
+        rows = zip(f["input_ids"], f["attention_mask"], strict=True)
+        self.log.append([self.ids[tuple(row[m.bool()].tolist())] for row, m in rows])
+        return self.inner(features, labels)
+
+
+def resume_run(bert_dir, out, method, checkpoint=None, save_steps=6):
+    """Train 2 epochs of 64 samples in batches of 8 with HardBatchTrainer, saving every
+    ``save_steps``; returns (ids trained per step, epochs planned, the sampler's last epoch)."""
+    model = SentenceTransformer(
+        modules=[Transformer(bert_dir, max_seq_length=16), Pooling(HIDDEN, "mean")], device="cpu"
+    )
+    dataset = distinct_anchor_dataset()
+    kwargs = (
+        {"quantile": 0.9}
+        if method == "gcbs"
+        else {"teacher": model, "cluster_size": 4, "p": 2, "m": 6}
+    )
+    config = HardBatchSampler.configure(method=method, model=model, duplicates=None, **kwargs)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        batch_sampler=config,
+        report_to=[],
+        save_strategy="steps",
+        save_steps=save_steps,
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    log = []
+    loss = LoggingLoss(model, dataset["anchor"], log)
+    trainer = HardBatchTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    sampler = trainer.hardbatch_callback.samplers[0]
+    return log, [h["epoch"] for h in sampler.history_], sampler.epoch
+
+
+@pytest.mark.parametrize("method", ["gcbs", "b3"])
+def test_trainer_resumes_mid_epoch_with_the_uninterrupted_batches(tiny_bert_dir, tmp_path, method):
+    """One process: resumed in the middle of epoch 1, the trainer trains exactly the batches of
+    the uninterrupted run, planned before the checkpoint (not again from its weights)."""
+    full, full_plans, _ = resume_run(tiny_bert_dir, tmp_path, method, save_steps=10)
+    checkpoint = tmp_path / "checkpoint-10"  # epoch 1, 2 of its 8 steps done
+    assert (checkpoint / "hardbatch_sampler_0.pt").is_file()
+    resumed, plans, epoch = resume_run(tiny_bert_dir, tmp_path, method, str(checkpoint), 10)
+    assert len(full) == 16 and resumed == full[10:] and epoch == 1
+    assert full_plans == ([0, 1] if method == "gcbs" else [0]) and plans == []
+
+
+RESUME_WORKER = """
+import os, pickle, sys
+sys.path.insert(0, {tests!r})
+from test_sentence_transformers import resume_run
+
+path, out, method = sys.argv[1], sys.argv[2], sys.argv[3]
+result = {{"full": resume_run(path, out, method),
+          "resumed": resume_run(path, out, method, os.path.join(out, "checkpoint-6"))}}
+with open(os.path.join(out, f"rank{{os.environ['RANK']}}.pkl"), "wb") as fh:
+    pickle.dump(result, fh)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gcbs", "b3"])
+def test_ddp_trainer_resumes_mid_epoch_with_the_uninterrupted_batches(
+    tiny_bert_dir, tmp_path, method
+):
+    """torchrun-like, 2 ranks on gloo: resumed from a checkpoint in the middle of epoch 1, each
+    rank trains exactly the batches the uninterrupted run trained after that step (the epoch
+    reaches the sampler below accelerate's SkipBatchSampler and BatchSamplerShard; the plan
+    comes from the checkpoint)."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(RESUME_WORKER.format(tests=os.path.dirname(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), tiny_bert_dir, str(tmp_path), method],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    for rank in range(2):
+        r = pickle.loads((tmp_path / f"rank{rank}.pkl").read_bytes())
+        (full, full_plans, _), (resumed, plans, epoch) = r["full"], r["resumed"]
+        assert len(full) == 8 and len(resumed) == 2  # 4 steps per epoch and rank; resumed at 6
+        assert resumed == full[6:] and epoch == 1
+        assert full_plans == ([0, 1] if method == "gcbs" else [0]) and plans == []
+        assert (tmp_path / "checkpoint-6" / f"hardbatch_sampler_{rank}.pt").is_file()

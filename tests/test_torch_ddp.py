@@ -165,3 +165,121 @@ def test_helpers_are_identity_without_distributed():
     np.testing.assert_array_equal(ddp.all_reduce_sum_array(a), a)
     assert ddp.all_reduce_max_int(3) == 3
     assert ddp.broadcast_object("x") == "x"
+
+
+LOCAL_WORKER = textwrap.dedent(
+    """
+    import datetime, pickle, sys
+    import numpy as np, torch.distributed as dist
+    from hardbatch import HardBatchSampler
+    from hardbatch.checkpoint import load_state, save_state
+    from hardbatch.synthetic import make_planted_pairs
+
+    N, B = 150, 16
+    # A short timeout: a collective that only one rank enters fails fast instead of hanging.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    rank = dist.get_rank()
+    pairs = make_planted_pairs(N, 8, group_size=10, seed=0)
+    shift = np.random.default_rng(9).standard_normal((N, 8)).astype("f4")
+    step = [0]
+
+    def embed(idx):  # moves with every training step
+        return pairs.queries[idx] + 0.2 * step[0] * shift[idx], pairs.targets[idx]
+
+    CASES = {{
+        "random": dict(method="random"),
+        "gcbs_epoch": dict(method="gcbs", quantile=0.95, embed_fn=embed),
+        "gcbs_recorded": dict(method="gcbs", quantile=0.95, refresh="recorded", embed_fn=embed),
+        "gcbs_steps": dict(method="gcbs", top_k=5, refresh="steps", refresh_every=2,
+                           embed_fn=embed),
+        "b3": dict(method="b3", cluster_size=8, p=2, m=10, embed_fn=embed),
+        "b3_groups": dict(method="b3", cluster_size=8, p=2, m=10, embed_fn=embed,
+                          groups=np.arange(N) % 2, drop_last=True),
+        "b3_given": dict(method="b3", cluster_size=8, p=2, m=10,
+                         embeddings=(pairs.queries, pairs.targets)),
+    }}
+
+    def make(name):
+        return HardBatchSampler(n_samples=N, batch_size=B, seed=3, **CASES[name])
+
+    out = {{"len": {{}}, "resume": {{}}}}
+    for name in CASES:  # only rank 0 asks for len(): no collective may run in it
+        sampler = make(name)
+        counted = len(sampler) if rank == 0 else None
+        out["len"][name] = (counted, len(list(sampler)))
+
+    def train(sampler, epochs, served, stop=None):
+        for epoch in epochs:
+            sampler.set_epoch(epoch)
+            for k, batch in enumerate(sampler, start=1):
+                served.append(batch)
+                if sampler.recorder is not None:
+                    sampler.record(*embed(np.asarray(batch)), batch)
+                step[0] += 1
+                if stop == (epoch, k):
+                    save_state(sys.argv[1] + f"/state{{rank}}.pt", sampler.state_dict())
+                    return
+
+    for name in ("gcbs_epoch", "b3", "gcbs_recorded"):
+        step[0] = 0
+        full = []
+        train(make(name), range(2), full)
+        step[0] = 0
+        cut = []
+        train(make(name), range(2), cut, stop=(1, 2))
+        resumed = make(name)  # a new process would start here, the model at the checkpoint
+        resumed.load_state_dict(load_state(sys.argv[1] + f"/state{{rank}}.pt"))
+        rest = []
+        train(resumed, range(1, 2), rest)
+        out["resume"][name] = (full, cut, rest)
+    with open(sys.argv[1] + f"/local{{rank}}.pkl", "wb") as fh:
+        pickle.dump(out, fh)
+    dist.destroy_process_group()
+    """
+).format()
+
+
+@pytest.fixture(scope="module")
+def local_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp_local")
+    script = tmp / "worker.py"
+    script.write_text(LOCAL_WORKER)
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp)],
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "WORLD_SIZE": str(WORLD),
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(WORLD)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    return [pickle.loads((tmp / f"local{rank}.pkl").read_bytes()) for rank in range(WORLD)]
+
+
+def test_len_on_one_rank_only_needs_no_collective(local_ranks):
+    for name, (counted, served) in local_ranks[0]["len"].items():
+        assert counted == served, name
+        assert local_ranks[1]["len"][name] == (None, served)
+
+
+def test_resume_mid_epoch_under_ddp_serves_the_uninterrupted_batches(local_ranks):
+    for r in local_ranks:
+        for name, (full, cut, rest) in r["resume"].items():
+            assert cut == full[: len(cut)], name
+            assert rest == full[len(cut) :], name
+    # both ranks resumed the same global batches (their shares differ)
+    for name in local_ranks[0]["resume"]:
+        a, b = (r["resume"][name][2] for r in local_ranks)
+        assert len(a) == len(b) and all(set(x).isdisjoint(y) for x, y in zip(a, b, strict=True))

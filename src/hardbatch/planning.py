@@ -20,6 +20,7 @@ from .api import plan as make_plan
 from .batching import PAD
 from .distributed import torch_ddp as ddp
 from .hardness import as_schedule
+from .leftovers import rotating_leftovers
 from .methods import get_method
 from .methods.base import Planner
 from .plans import BatchPlan
@@ -181,6 +182,30 @@ class Planning:
         n_full, rest = divmod(self.n_samples, self.batch_size)
         return n_full + (1 if rest and not self.drop_last else 0)
 
+    def batch_count(self, method: str | None = None) -> int:
+        """Batches of every epoch, from what each rank knows locally (N, batch size,
+        ``drop_last``, the method's fit arrays such as B3's ``groups``): the method's
+        :meth:`~hardbatch.methods.base.Planner.count_batches`, no planning, no collective."""
+        method_cls = self.method_cls if method is None else get_method(method)
+        fit_data = {}
+        if method is None or method == self.method:
+            fit_data = {
+                k: self.method_params[k]
+                for k in method_cls.fit_params
+                if self.method_params.get(k) is not None
+            }
+        return method_cls.count_batches(
+            self.n_samples, self.batch_size, drop_last=self.drop_last, **fit_data
+        )
+
+    def left_out(self, epoch: int, groups: np.ndarray | None = None) -> np.ndarray:
+        """The samples a re-planned epoch ``epoch >= 1`` leaves out with ``drop_last``: a
+        window sliding over one permutation of the sampler's seed
+        (:func:`hardbatch.leftovers.rotating_leftovers`), so they differ from epoch to epoch."""
+        return rotating_leftovers(
+            self.n_samples, self.batch_size, seed=self.seed, epoch=epoch, groups=groups
+        )
+
     def plan(
         self,
         queries: Any,
@@ -196,8 +221,10 @@ class Planning:
         ``subset``: plan only these samples (their ids become ``0..len(subset)-1``; the
         per-sample arrays follow). ``method``: another method than the sampler's (the random
         first epoch of ``"recorded"``), planned without the sampler's method parameters.
-        ``epoch``: a re-plan of that epoch, made with the hardness of the epoch (a
-        ``hardness`` schedule becomes ``schedule.at(epoch)`` in the plan's params).
+        ``epoch``: the epoch a whole-set plan serves, made with the hardness of the epoch (a
+        ``hardness`` schedule becomes ``schedule.at(epoch)`` in the plan's params); from epoch 1
+        on, with ``drop_last``, its batches leave out :meth:`left_out` instead of the end of its
+        own cut (the plan's ``info["left_out_epoch"]`` says so).
         """
         method = method or self.method
         method_cls = get_method(method)
@@ -224,6 +251,9 @@ class Planning:
                 n_samples=n,
                 **params,
             )
+            if epoch is not None and epoch >= 1 and subset is None and plan.rotates_leftovers:
+                plan.batches = plan.leaving_out(self.left_out(epoch, plan.sample_groups), epoch)
+                plan.info["left_out_epoch"] = int(epoch)
         return ddp.broadcast_object(plan)
 
     def embed(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from ._json import to_jsonable
 from .batching import (
     PAD,
     cut_order,
+    epoch_rng,
     guard_rng,
     iter_rows,
     mix_random_fill,
@@ -24,6 +25,7 @@ from .batching import (
     separate_duplicates,
 )
 from .hardness import HardnessSchedule, as_schedule
+from .leftovers import leave_out_of_clusters, leave_out_of_order, rotating_leftovers
 
 #: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`. Files of version 1
 #: written before ``epoch_rule`` was stored are read with the rule of their method
@@ -36,6 +38,10 @@ EpochRule = Callable[["BatchPlan", int], np.ndarray]
 
 
 def _fixed(plan: BatchPlan, epoch: int) -> np.ndarray:
+    if plan.order is not None and plan.rotates_leftovers:
+        # The same order, but the samples drop_last leaves out take turns (see
+        # BatchPlan.rotating_leftovers); drop_last=False plans keep their batches.
+        return _leave_out(plan, plan.rotating_leftovers(epoch), epoch)
     return plan.batches
 
 
@@ -52,6 +58,9 @@ def _reshuffle(plan: BatchPlan, epoch: int) -> np.ndarray:
 def _regroup_clusters(plan: BatchPlan, epoch: int) -> np.ndarray:
     if plan.clusters is None:
         raise ValueError("epoch rule 'regroup_clusters' needs plan.clusters, which is None")
+    if plan.rotates_leftovers:
+        # Without this the short cluster (N mod K) would be in the dropped batch every epoch.
+        return _leave_out(plan, plan.rotating_leftovers(epoch), epoch)
     return regroup_clusters_epoch(
         plan.clusters,
         plan.batch_size,
@@ -60,6 +69,25 @@ def _regroup_clusters(plan: BatchPlan, epoch: int) -> np.ndarray:
         cluster_groups=plan.cluster_groups,
         drop_last=plan.drop_last,
     )
+
+
+def _leave_out(plan: BatchPlan, left_out: np.ndarray, epoch: int) -> np.ndarray:
+    """Epoch ``epoch`` of ``plan`` leaving out exactly ``left_out`` (before the guard): cluster
+    plans regroup repaired clusters, others cut their order (or their rows in order, then
+    their leftovers) without them."""
+    if plan.clusters is not None:
+        return leave_out_of_clusters(
+            plan.clusters,
+            left_out,
+            plan.batch_size,
+            rng=epoch_rng(int(plan.seed or 0), epoch),
+            cluster_groups=plan.cluster_groups,
+        )
+    order = plan.order
+    if order is None:
+        rows = plan.batches[plan.batches != PAD]
+        order = np.concatenate([rows, plan.leftovers()])
+    return leave_out_of_order(order, left_out, plan.batch_size)
 
 
 _EPOCH_RULES: dict[str, EpochRule] = {
@@ -210,7 +238,9 @@ class BatchPlan:
         batches (``"fixed"``) serves them as they are while the hardness is that of epoch 0,
         and recuts the method's batches from :attr:`order` when a schedule changes it. With
         :attr:`duplicate_ids` the guard is applied, after the mixing, to every epoch the rule
-        changes. An unknown rule is a ``ValueError``.
+        changes. An unknown rule is a ``ValueError``. With ``drop_last`` the built-in rules
+        leave out other samples each epoch (:meth:`rotating_leftovers`; ``"reshuffle"`` by its
+        fresh permutation).
         """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
             raise ValueError(f"epoch must be an integer, got {epoch!r}")
@@ -219,7 +249,49 @@ class BatchPlan:
         rule = _EPOCH_RULES[check_epoch_rule(self.epoch_rule)]
         if epoch == 0:
             return self.batches
-        batches = rule(self, int(epoch))
+        return self._guarded(rule(self, int(epoch)), int(epoch))
+
+    # ------------------------------------------------------------------ leftovers
+    def leftovers(self) -> np.ndarray:
+        """Sample ids in no row of :attr:`batches` (what ``drop_last`` left out of epoch 0)."""
+        present = np.zeros(self.n_samples, dtype=bool)
+        present[self.batches[self.batches != PAD]] = True
+        return np.flatnonzero(~present)
+
+    @property
+    def rotates_leftovers(self) -> bool:
+        """Whether ``drop_last`` leaves samples out of this plan's epochs (so they rotate)."""
+        return bool(self.drop_last) and len(self.leftovers()) > 0
+
+    def rotating_leftovers(self, epoch: int) -> np.ndarray:
+        """The samples epoch ``epoch >= 1`` leaves out with ``drop_last``.
+
+        :func:`hardbatch.leftovers.rotating_leftovers` with the plan's seed and groups and epoch
+        0's leftovers last: over ``E`` epochs no sample is left out more than
+        ``ceil(E·r / N)`` times (``r = N % batch_size``, per group when grouped).
+        """
+        return rotating_leftovers(
+            self.n_samples,
+            self.batch_size,
+            seed=int(self.seed or 0),
+            epoch=int(epoch),
+            groups=self.sample_groups,
+            last=self.leftovers(),
+        )
+
+    def leaving_out(self, left_out: np.ndarray, epoch: int) -> np.ndarray:
+        """Batches of epoch ``epoch >= 1`` that leave out exactly ``left_out`` (full batches
+        only; the duplicate guard applied).
+
+        A re-planning sampler uses it to rotate the leftovers of plans it makes each epoch
+        (their own cut always leaves out the end of the order). Cluster plans keep whole
+        clusters (:func:`hardbatch.leftovers.leave_out_of_clusters`); other plans cut their
+        :attr:`order` (or their rows in order) without ``left_out``.
+        """
+        return self._guarded(_leave_out(self, np.asarray(left_out, dtype=np.int64), epoch), epoch)
+
+    def _guarded(self, batches: np.ndarray, epoch: int) -> np.ndarray:
+        """An epoch's method batches, mixed to the epoch's hardness, then guarded."""
         schedule = self.hardness
         dial = schedule.at(int(epoch))
         if batches is self.batches and dial != schedule.at(0):

@@ -155,6 +155,31 @@ class EmbeddingRecorder:
         targets[unknown] = rng.standard_normal((unknown.size, d), dtype=np.float32)
         return queries, targets
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """This process's recordings as plain data (not merged across ranks)."""
+        return {
+            "queries": self.queries_,
+            "targets": self.targets_,
+            "stamps": self.stamps_.copy(),
+            "clock": self._clock,
+            "synced_clock": self._synced_clock,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        stamps = np.asarray(state["stamps"], dtype=np.int64)
+        if stamps.shape != (self.n_samples,):
+            raise ValueError(
+                f"recorder state holds {stamps.shape[0]} samples, this recorder N={self.n_samples}"
+            )
+        for name in ("queries", "targets"):
+            if state[name] is not None:
+                state[name] = np.array(state[name], dtype=np.float32)
+        self.queries_, self.targets_ = state["queries"], state["targets"]
+        self.stamps_ = stamps.copy()
+        self._clock, self._synced_clock = int(state["clock"]), int(state["synced_clock"])
+
     # ------------------------------------------------------------------ DDP
     def synchronize(self) -> None:
         """Merge the recordings of all ranks (no-op outside ``torch.distributed``).
@@ -212,17 +237,30 @@ class BatchTracker:
         self.rank = int(rank)
         self._queue: deque[tuple[EmbeddingRecorder, np.ndarray]] = deque()
         self._position = 0
+        self._discard = 0
         self.mismatches_ = 0
+        #: Batches popped (trained on) since the epoch start.
+        self.popped_ = 0
 
     def reset(self) -> None:
-        """Forget queued batches (epoch start)."""
+        """Forget queued batches (epoch start; a pending :meth:`discard` stays)."""
         self._queue.clear()
         self._position = 0
+        self.popped_ = self._discard
+
+    def discard(self, n_batches: int) -> None:
+        """Do not queue this rank's first ``n_batches`` batches of the epoch: a resumed epoch
+        hands out again the batches trained before the checkpoint, which the trainer skips."""
+        self._discard = int(n_batches)
+        self.popped_ = int(n_batches)
 
     def push(self, recorder: EmbeddingRecorder, batch: Sequence[int]) -> None:
         """A batch was handed out (in stream order)."""
         if self._position % self.num_replicas == self.rank:
-            self._queue.append((recorder, np.asarray(batch, dtype=np.int64)))
+            if self._discard:
+                self._discard -= 1
+            else:
+                self._queue.append((recorder, np.asarray(batch, dtype=np.int64)))
         self._position += 1
 
     def pop(self, batch_size: int) -> tuple[EmbeddingRecorder, np.ndarray] | None:
@@ -234,6 +272,7 @@ class BatchTracker:
         if not self._queue:
             return None
         recorder, batch = self._queue.popleft()
+        self.popped_ += 1
         if len(batch) != batch_size:
             self.mismatches_ += 1
             self._queue.clear()

@@ -62,6 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .batching import PAD, epoch_rng
+from .checkpoint import pack_rows, plan_from_state, plan_to_state, unpack_rows
 from .methods.base import Planner
 from .planning import Planning, Stopwatch, shuffle_full_rows
 from .plans import BatchPlan
@@ -137,25 +138,35 @@ class RefreshPolicy:
         """The global batches of ``epoch`` (rows right-padded with ``PAD``), planned now."""
         raise NotImplementedError(f"refresh={self.name!r} plans inside the epoch (epoch_rows)")
 
-    def epoch_rows(self, epoch: int, batches_for: BatchesFor) -> Iterator[np.ndarray]:
-        """The global batches of ``epoch`` in serving order, padding removed.
+    def epoch_rows(
+        self, epoch: int, batches_for: BatchesFor, start: int = 0
+    ) -> Iterator[np.ndarray]:
+        """The global batches of ``epoch`` in serving order, padding removed, from batch
+        ``start`` on (a resumed epoch).
 
         ``batches_for`` is the sampler's cached (and, with ``shuffle_batches``, shuffled)
         :meth:`epoch_batches`.
         """
-        for row in batches_for(epoch):
+        for row in batches_for(epoch)[start:]:
             yield row[row != PAD]
 
-    def n_batches(self, epoch: int, batches_for: BatchesFor) -> int:
-        """Exact number of global batches of ``epoch``.
+    def state_dict(self, epoch: int, served: int) -> dict[str, Any]:
+        """What the policy needs, besides the sampler's cached batches of ``epoch``, to serve
+        the rest of ``epoch`` after ``served`` batches and the epochs after it exactly as it
+        would have (plain data; see :meth:`hardbatch.HardBatchSampler.state_dict`)."""
+        return {}
 
-        A method that re-plans each epoch cuts N into full batches plus the leftover, so it is
-        counted without planning; a method with its own rule (clusters) may cut N into a
-        different number of batches, so the epoch is planned now.
+    def load_state_dict(self, state: dict[str, Any], epoch: int) -> None:
+        """Restore what :meth:`state_dict` returned (``epoch``: the epoch it was taken in)."""
+
+    def n_batches(self, epoch: int) -> int:
+        """Exact number of global batches of ``epoch``, counted without planning.
+
+        Every rank counts locally (``Planning.batch_count``: N, batch size, ``drop_last`` and
+        the method's count rule), so ``len()`` never runs a collective and may be called on
+        one rank only.
         """
-        if self.planning.method_cls.replans_each_epoch:
-            return self.planning.full_batch_count()
-        return len(batches_for(epoch))
+        return self.planning.batch_count()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -179,6 +190,18 @@ class NeverRefresh(RefreshPolicy):
     def __init__(self, planning: Planning, plan: BatchPlan | None = None) -> None:
         super().__init__(planning)
         self.plan_: BatchPlan | None = plan
+        self.given = plan is not None
+
+    def state_dict(self, epoch: int, served: int) -> dict[str, Any]:
+        # A plan made here travels (re-making it costs an embedding pass); a given one is
+        # given again.
+        if self.plan_ is None or self.given:
+            return {}
+        return {"plan": plan_to_state(self.plan_)}
+
+    def load_state_dict(self, state: dict[str, Any], epoch: int) -> None:
+        if "plan" in state:
+            self.plan_ = self.planning.plan_ = plan_from_state(state["plan"])
 
     @classmethod
     def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
@@ -218,8 +241,10 @@ class NeverRefresh(RefreshPolicy):
     def epoch_batches(self, epoch: int) -> np.ndarray:
         return self.static_plan(epoch).for_epoch(epoch)
 
-    def n_batches(self, epoch: int, batches_for: BatchesFor) -> int:
-        return len(self.static_plan(epoch).for_epoch(epoch))
+    def n_batches(self, epoch: int) -> int:
+        if self.given:  # a plan built elsewhere counts its own rows (local data)
+            return len(self.plan_.for_epoch(epoch))
+        return self.planning.batch_count()
 
 
 class EpochRefresh(RefreshPolicy):
@@ -283,6 +308,19 @@ class RecordedRefresh(RefreshPolicy):
         can_embed = planning.embed_fn is not None or planning.embeddings is not None
         return cls(planning, recorder, initial == "embed" or (initial == "auto" and can_embed))
 
+    def state_dict(self, epoch: int, served: int) -> dict[str, Any]:
+        # This rank's recordings (not merged: a collective), which the next epochs plan from.
+        return {"recorder": self.recorder.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], epoch: int) -> None:
+        self.recorder.load_state_dict(state["recorder"])
+
+    def n_batches(self, epoch: int) -> int:
+        # initial="random" before anything was recorded: the random method's count.
+        if not self.initial_pass and self.recorder.n_known == 0:
+            return self.planning.batch_count("random")
+        return self.planning.batch_count()
+
     def epoch_batches(self, epoch: int) -> np.ndarray:
         planning, recorder = self.planning, self.recorder
         watch = Stopwatch()
@@ -322,6 +360,11 @@ class StepsRefresh(RefreshPolicy):
     def __init__(self, planning: Planning, refresh_every: int) -> None:
         super().__init__(planning)
         self.refresh_every = check_positive_int(refresh_every, "refresh_every")
+        # (epoch, [(first batch index, rows of one re-plan)]): what this epoch served or
+        # planned so far, for state_dict.
+        self._log: tuple[int, list[tuple[int, list[np.ndarray]]]] | None = None
+        # (epoch, rows served, rows planned but not served) from load_state_dict.
+        self._resume: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None
 
     @classmethod
     def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
@@ -342,13 +385,36 @@ class StepsRefresh(RefreshPolicy):
         _refuse_unused(recorder=recorder)
         return cls(planning, refresh_every)
 
-    def epoch_rows(self, epoch: int, batches_for: BatchesFor) -> Iterator[np.ndarray]:
+    def epoch_rows(
+        self, epoch: int, batches_for: BatchesFor, start: int = 0
+    ) -> Iterator[np.ndarray]:
         planning = self.planning
         remaining = np.arange(planning.n_samples, dtype=np.int64)
-        step = 0
+        if epoch >= 1 and planning.drop_last:
+            # The leftovers take turns: this epoch's are set aside first (the rest is a
+            # multiple of batch_size), instead of whatever the last re-plan leaves over.
+            remaining = np.setdiff1d(remaining, planning.left_out(epoch))
+        restored: list[np.ndarray] = []
+        if self._resume is not None and self._resume[0] == epoch:
+            # Resumed: the rows served and planned before the checkpoint come back as they
+            # were (re-planning them now would use later weights); planning goes on after.
+            restored = self._resume[1] + self._resume[2]
+        elif start:
+            raise ValueError(
+                "refresh='steps' resumes an epoch mid-way only from its state "
+                "(HardBatchSampler.load_state_dict)"
+            )
+        self._resume = None
+        segments: list[tuple[int, list[np.ndarray]]] = [(0, restored)] if restored else []
+        self._log = (epoch, segments)
+        if restored:
+            remaining = np.setdiff1d(remaining, np.concatenate(restored))
+        yield from restored[start:]
+        step = len(restored)
         while len(remaining):
             if len(remaining) < planning.batch_size:  # too few to plan: the leftover batch
                 if not planning.drop_last:
+                    segments.append((step, [remaining]))
                     yield remaining
                 return
             watch = Stopwatch()
@@ -368,17 +434,37 @@ class StepsRefresh(RefreshPolicy):
             batches = sub.batches
             if planning.shuffle_batches:
                 batches = shuffle_full_rows(batches, epoch_rng(planning.epoch_seed(epoch, step), 0))
-            served = np.zeros(len(remaining), dtype=bool)
-            for k, row in enumerate(batches):
-                ids = row[row != PAD]
-                yield remaining[ids]
-                served[ids] = True
+            # Served until the next re-plan: refresh_every rows, or all if that exhausts it.
+            rows = [remaining[row[row != PAD]] for row in batches[: self.refresh_every]]
+            segments.append((step, rows))
+            for row in rows:
+                yield row
                 step += 1
-                if k + 1 == self.refresh_every and k + 1 < len(batches):
-                    break
-            else:
+            if len(batches) <= self.refresh_every:
                 return  # plan exhausted: the epoch is complete
-            remaining = remaining[~served]
+            served = np.zeros(planning.n_samples, dtype=bool)
+            served[np.concatenate(rows)] = True
+            remaining = remaining[~served[remaining]]
+
+    def state_dict(self, epoch: int, served: int) -> dict[str, Any]:
+        """The rows served before batch ``served`` and the rest of the re-plan serving it."""
+        if self._log is None or self._log[0] != epoch:
+            if served:
+                raise ValueError(f"refresh='steps' has no record of epoch {epoch}")
+            return {}
+        done: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        for first, rows in self._log[1]:
+            done.extend(rows[: max(0, served - first)])
+            if first <= served < first + len(rows):
+                pending = rows[served - first :]
+        if len(done) != served:
+            raise ValueError(f"refresh='steps' served {len(done)} batches of epoch {epoch}")
+        return {"done": pack_rows(done), "pending": pack_rows(pending)}
+
+    def load_state_dict(self, state: dict[str, Any], epoch: int) -> None:
+        if state:
+            self._resume = (epoch, unpack_rows(state["done"]), unpack_rows(state["pending"]))
 
     def __repr__(self) -> str:
         return f"StepsRefresh(refresh_every={self.refresh_every})"

@@ -37,6 +37,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from .batching import epoch_rng
+from .checkpoint import STATE_VERSION
 from .distributed import torch_ddp as ddp
 from .methods import get_method
 from .methods.base import COMMON_PARAMS
@@ -151,8 +152,17 @@ class HardBatchSampler(Sampler[list[int]]):
     them at every re-plan. See :mod:`hardbatch.refresh`.
 
     Collectives. Under ``torch.distributed`` the embedding pass, the merge of recordings and
-    the plan broadcast are collectives: every rank must iterate the sampler (and call
-    ``len()`` on a static plan made lazily) at the same points, as DataLoaders in DDP do.
+    the plan broadcast are collectives; they run only when an epoch starts to be iterated, so
+    every rank must iterate the sampler at the same points, as DataLoaders in DDP do.
+    ``len()``, ``set_epoch``, ``state_dict`` and ``load_state_dict`` are local: any rank may
+    call them alone (``len()`` comes from the method's count rule, never from a plan).
+
+    Checkpoints. :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch with exactly
+    the batches the uninterrupted run would have served.
+
+    Leftovers. With ``drop_last`` the samples left out change every epoch (from epoch 1 on,
+    seeded; :func:`hardbatch.leftovers.rotating_leftovers`), so none is left out of more than
+    its share of epochs.
     """
 
     def __init__(
@@ -261,6 +271,8 @@ class HardBatchSampler(Sampler[list[int]]):
         self.tracker: BatchTracker | None = BatchTracker() if self.policy.records else None
         self._cache: tuple[int, np.ndarray] | None = None
         self._last_iter_epoch: int | None = None
+        self._served: tuple[int, int] = (0, 0)  # (epoch, batches handed out of it)
+        self._resume: tuple[int, int] | None = None  # (epoch, first batch) after a load
 
     # ------------------------------------------------------------------ setup checks
     def _check_method_params(self) -> None:
@@ -327,14 +339,28 @@ class HardBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        """Exact number of batches this epoch (per rank: one slice per global batch)."""
+        """Exact number of batches this epoch (per rank: one slice per global batch).
+
+        Counted locally, never by planning: no collective, so one rank alone may call it.
+        After :meth:`load_state_dict` (without ``replay``), the batches still to serve.
+        """
         if self._cache is not None and self._cache[0] == self.epoch:
-            return len(self._cache[1])
-        return self.policy.n_batches(self.epoch, self._batches_for)
+            n = len(self._cache[1])
+        else:
+            n = self.policy.n_batches(self.epoch)
+        if self._resume is not None and self._resume[0] == self.epoch:
+            n -= self._resume[1]
+        return n
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
         world, rank = self._replicas()
+        start = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                start = self._resume[1]
+                self._last_iter_epoch = None  # a resumed epoch is not iterated twice
+            self._resume = None
         if self.policy.replans and self._last_iter_epoch == epoch:
             warnings.warn(
                 f"HardBatchSampler: epoch {epoch} is iterated again with the same plan; call "
@@ -345,11 +371,83 @@ class HardBatchSampler(Sampler[list[int]]):
         self._last_iter_epoch = epoch
         if self.tracker is not None:
             self.tracker.reset()
-        for row in self.policy.epoch_rows(epoch, self._batches_for):
+        self._served = (epoch, start)
+        for row in self.policy.epoch_rows(epoch, self._batches_for, start):
             batch = self._share(row, world, rank)
             if self.tracker is not None:
                 self.tracker.push(self.recorder, batch)
+            self._served = (epoch, self._served[1] + 1)
             yield batch.tolist()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
+        """The sampler's position and what it needs to go on exactly, as plain data.
+
+        Save it with the model's checkpoint (:func:`hardbatch.checkpoint.save_state` writes
+        it); :meth:`load_state_dict` on a sampler made with the same arguments continues where
+        this one was. It holds the epoch, how many of its batches were served, the epoch's
+        batches if they were planned (a resumed ``refresh="epoch"`` epoch is never re-planned
+        from the checkpoint's later weights), and the policy's state: a plan made once
+        (``"never"``; a given plan is not stored), this rank's recordings (``"recorded"``),
+        the rows served and planned in this epoch (``"steps"``). No collective.
+
+        Parameters
+        ----------
+        batches_done : int, optional
+            Batches of the current epoch already trained on (default: those handed out; a
+            DataLoader with workers prefetches, so pass the steps taken then).
+        """
+        epoch, served = self._served
+        served = served if epoch == self.epoch else 0
+        if batches_done is not None:
+            if isinstance(batches_done, bool) or not 0 <= int(batches_done) <= served:
+                raise ValueError(f"batches_done must be in [0, {served}], got {batches_done!r}")
+            served = int(batches_done)
+        cached = self._cache is not None and self._cache[0] == self.epoch
+        return {
+            "version": STATE_VERSION,
+            "method": self.method,
+            "n_samples": self.n_samples,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "refresh": self.refresh,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "served": served,
+            "batches": self._cache[1] if cached else None,
+            "policy": self.policy.state_dict(self.epoch, served),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, replay: bool = False) -> None:
+        """Continue from :meth:`state_dict`: the next iteration serves the rest of its epoch.
+
+        The state's seed and epoch replace the sampler's. ``replay=True`` serves the epoch
+        from its first batch again (the same batches): for wrappers that skip the batches
+        already trained themselves (accelerate's ``skip_first_batches``, which the
+        transformers trainer uses when it resumes). No collective.
+
+        Raises
+        ------
+        ValueError
+            A state of another format, or of a sampler with another method, N, batch size,
+            ``drop_last`` or refresh policy.
+        """
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a hardbatch sampler state of version {STATE_VERSION}")
+        for key in ("method", "n_samples", "batch_size", "drop_last", "refresh"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"the state was saved by a sampler with {key}={state[key]!r}, this one has "
+                    f"{key}={getattr(self, key)!r}"
+                )
+        self.seed = self.planning.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]))
+        batches = state["batches"]
+        self._cache = None if batches is None else (self.epoch, np.asarray(batches, np.int64))
+        self.policy.load_state_dict(state["policy"], self.epoch)
+        served = 0 if replay else int(state["served"])
+        self._resume = (self.epoch, served)
+        self._served = (self.epoch, served)
 
     # ------------------------------------------------------------------ DDP share
     def _replicas(self) -> tuple[int, int]:

@@ -201,6 +201,22 @@ class B3(Planner):
         self.backend = backend
         self.recall_rows = recall_rows
 
+    @classmethod
+    def count_batches(
+        cls, n_samples: int, batch_size: int, *, drop_last: bool, **fit_data: Any
+    ) -> int:
+        """Batches per epoch: N cut in order, or with ``groups`` each dataset's ``N_g`` cut on
+        its own (every group may end with its own short batch, or drop its leftovers)."""
+        groups = fit_data.get("groups")
+        if groups is None:
+            return super().count_batches(n_samples, batch_size, drop_last=drop_last)
+        sizes = np.bincount(sample_codes(groups, n_samples, "groups"))
+        return sum(
+            super(B3, cls).count_batches(int(n_g), batch_size, drop_last=drop_last)
+            for n_g in sizes
+            if n_g
+        )
+
     # ------------------------------------------------------------------ checks
     def _check_params(self, batch_size: int) -> tuple[int, SearchSettings]:
         """Cluster size K and the teacher search settings, after checking every parameter."""

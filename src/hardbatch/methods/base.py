@@ -145,6 +145,24 @@ class Planner:
             params["hardness"] = hardness_param(params["hardness"])
         return params
 
+    @classmethod
+    def count_batches(
+        cls, n_samples: int, batch_size: int, *, drop_last: bool, **fit_data: Any
+    ) -> int:
+        """Batches in one epoch of a plan of this method, known without planning.
+
+        What ``len()`` of a sampler returns before (or without) planning, on every rank with
+        no communication. It must equal the rows of every epoch the method's plans yield
+        (``for_epoch(e)``); the tests check it for every registered method.
+
+        Default: N cut in order (the leftover rule of :mod:`hardbatch.batching`),
+        ``N // batch_size`` batches with ``drop_last``, else ``ceil(N / batch_size)``. A method
+        that cuts N otherwise (B3 per dataset group) overrides it; ``fit_data`` are the
+        per-sample arrays of :attr:`fit_params` it was given.
+        """
+        n_full, rest = divmod(int(n_samples), int(batch_size))
+        return n_full + (1 if rest and not drop_last else 0)
+
     # ---------------------------------------------------------------- fitting
     def fit(
         self,

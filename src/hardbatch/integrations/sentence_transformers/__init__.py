@@ -82,17 +82,23 @@ the plan's batch size. ``MultipleNegativesRankingLoss(gather_across_devices=True
 ``world_size`` consecutive batches of the plan as its global batch.
 
 Saving: ``training_args.bin`` pickles the configuration only (method, parameters, policy);
-model, teacher, embeddings and recorded state are left out.
+model, teacher, embeddings and recorded state are left out. The training samplers' state
+(epoch, the epoch's planned batches, a plan made once, recordings) goes into every checkpoint
+folder through :class:`HardBatchCallback`, which :class:`HardBatchTrainer` installs; it also
+sets the samplers' epoch at every epoch start, so a run resumed with
+``train(resume_from_checkpoint=...)`` trains exactly the batches the uninterrupted run would
+have (``len()`` and ``set_epoch`` never communicate: any rank may call them alone).
 """
 
 from .loss import RecordingLoss
 from .masked_loss import FalseNegativeMaskedLoss
 from .sampler import DUPLICATE_RULES, HardBatchConfig, SentenceTransformersHardBatchSampler
-from .trainer import HardBatchTrainer, HardBatchTrainerMixin
+from .trainer import HardBatchCallback, HardBatchTrainer, HardBatchTrainerMixin
 
 __all__ = [
     "DUPLICATE_RULES",
     "FalseNegativeMaskedLoss",
+    "HardBatchCallback",
     "HardBatchConfig",
     "HardBatchTrainer",
     "HardBatchTrainerMixin",

@@ -440,6 +440,32 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
             return n_full + (1 if rest and not self.drop_last else 0)
         return len(self.sampler_)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch, the core sampler's state (:meth:`hardbatch.HardBatchSampler.state_dict`)
+        and how many batches this rank trained on this epoch (``trained``: what the loss-side
+        recording skips when the epoch is replayed). No collective.
+
+        :class:`HardBatchTrainer` saves it in every checkpoint folder and restores it when
+        training resumes.
+        """
+        state: dict[str, Any] = {"epoch": int(self.epoch)}
+        if not self._whole_set:
+            state["core"] = self.sampler_.state_dict()
+        if self.for_training and self.config.tracker_ is not None:
+            state["trained"] = self.config.tracker_.popped_
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the epoch is served again from its first batch,
+        the same batches (planned before the checkpoint, never re-planned from its later
+        weights); the trainer skips those it already trained (accelerate's
+        ``skip_first_batches``). The loss-side recording must skip them too:
+        ``config.tracker.discard(state["trained"])`` (:class:`HardBatchTrainer` does it)."""
+        super().set_epoch(int(state["epoch"]))
+        if "core" in state:
+            self.sampler_.load_state_dict(state["core"], replay=True)
+
     def __iter__(self) -> Iterator[list[int]]:
         if self._whole_set:
             order = epoch_rng(int(self.seed or 0), self.epoch).permutation(len(self.dataset))
