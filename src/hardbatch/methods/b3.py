@@ -97,6 +97,9 @@ class B3(Planner):
     recall_rows : int
         With FAISS: query rows sampled to measure recall@(p+m) against the exact search
         (``plan.info["search"]``); 0 skips it.
+    recall : float in (0, 1] or None
+        With FAISS: recall@k target; the probe widens until the sampled recall meets it
+        (:class:`~hardbatch.similarity.search.SearchSettings`); ``None``: fixed probe.
 
     Fit data (keyword arguments of :meth:`fit` / :func:`hardbatch.plan`, not parameters):
 
@@ -132,6 +135,7 @@ class B3(Planner):
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
         "backend": "teacher rank search: auto (default), exact or faiss (approximate IVF)",
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
+        "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
     def __init__(
@@ -153,6 +157,7 @@ class B3(Planner):
         progress: bool | None = None,
         backend: str = "auto",
         recall_rows: int = 256,
+        recall: float | None = 0.95,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last)
         self.cluster_size = cluster_size
@@ -168,6 +173,7 @@ class B3(Planner):
         self.progress = progress
         self.backend = backend
         self.recall_rows = recall_rows
+        self.recall = recall
 
     # ------------------------------------------------------------------ checks
     def _check_params(self, batch_size: int) -> tuple[int, SearchSettings]:
@@ -188,6 +194,7 @@ class B3(Planner):
             block_rows=self.block_rows,
             progress=self.progress,
             recall_rows=self.recall_rows,
+            recall=self.recall,
         )
         if self.partitioner not in ("auto", *PARTITIONERS):
             raise ValueError(

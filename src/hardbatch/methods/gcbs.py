@@ -75,6 +75,9 @@ class GCBS(Planner):
     recall_rows : int
         With FAISS: query rows sampled to measure recall@k against the exact search
         (``plan.info["search"]["recall"]``; costs ``recall_rows·N·d``); 0 skips it.
+    recall : float in (0, 1] or None
+        With FAISS: recall@k target; the probe widens until the sampled recall meets it
+        (:class:`~hardbatch.similarity.search.SearchSettings`); ``None``: fixed probe.
 
     Attributes
     ----------
@@ -99,6 +102,7 @@ class GCBS(Planner):
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
         "backend": "neighbour search: auto (default), exact or faiss (approximate IVF)",
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
+        "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
     def __init__(
@@ -117,6 +121,7 @@ class GCBS(Planner):
         progress: bool | None = None,
         backend: str = "auto",
         recall_rows: int = 256,
+        recall: float | None = 0.95,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last)
         self.quantile = quantile
@@ -129,6 +134,7 @@ class GCBS(Planner):
         self.progress = progress
         self.backend = backend
         self.recall_rows = recall_rows
+        self.recall = recall
 
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
@@ -140,6 +146,7 @@ class GCBS(Planner):
             block_rows=self.block_rows,
             progress=self.progress,
             recall_rows=self.recall_rows,
+            recall=self.recall,
         ).resolved(n, int(queries.shape[1]))
         search = {"backend": settings.backend}
         if settings.backend == "exact" and self.top_k is None:
