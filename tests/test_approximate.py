@@ -92,7 +92,7 @@ def test_recall_loop_widens_until_the_target(unstructured):
     fixed, _, base = ivf_search(q, t, 5, norms=norms, recall=None, recall_rows=200, seed=1)
     assert base["candidates"] == 2048 and base["recall"] < 0.95  # the base probe misses some
     ids, sims, info = ivf_search(
-        q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_scan=1.0, seed=1
+        q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1
     )
     rows = sample_rows(8000, 200, 1)
     assert info["recall"] == pytest.approx(slow_recall(q, t, ids, rows))
@@ -114,15 +114,15 @@ def test_recall_loop_widens_until_the_target(unstructured):
 def test_recall_loop_reproducible_and_narrower_probe_misses(unstructured):
     q, t = unstructured
     norms = check_pair(q, t)
-    a = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_scan=1.0, seed=1)
-    b = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_scan=1.0, seed=1)
+    a = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1)
+    b = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[2] == b[2]
     # Capped one step below the chosen probe, the same search falls short and warns.
-    below = (a[2]["candidates"] - 1) / 8000
+    below = (a[2]["candidates"] - 1) / 2048
     with pytest.warns(RuntimeWarning, match=r"recall@5 0\.\d+ .* below the target 0\.95"):
         _, _, capped = ivf_search(
-            q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_scan=below, seed=1
+            q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=below, seed=1
         )
     assert capped["recall"] < 0.95 and capped["candidates"] < a[2]["candidates"]
 
@@ -131,9 +131,9 @@ def test_recall_cap_warns_with_the_recall_reached(unstructured):
     q, t = unstructured
     with pytest.warns(RuntimeWarning, match="is below the target 1.0"):
         _, _, info = ivf_search(
-            q, t, 5, norms=check_pair(q, t), recall=1.0, recall_rows=100, max_scan=0.3
+            q, t, 5, norms=check_pair(q, t), recall=1.0, recall_rows=100, max_widen=1.2
         )
-    assert info["recall"] < 1.0 and info["candidates"] <= 0.3 * 8000
+    assert info["recall"] < 1.0 and info["candidates"] <= 1.2 * 2048
 
 
 def test_exhaustive_probe_is_exact(pair):
@@ -151,8 +151,8 @@ def test_exhaustive_probe_is_exact(pair):
         ({"recall": True}, "recall must be"),
         ({"recall": "high"}, "recall must be"),
         ({"recall": 0.9, "recall_rows": 0}, "recall_rows > 0"),
-        ({"max_scan": 0.0}, "max_scan must be"),
-        ({"max_scan": 2.0}, "max_scan must be"),
+        ({"max_widen": 0.5}, "max_widen must be"),
+        ({"max_widen": "8"}, "max_widen must be"),
     ],
 )
 def test_recall_settings_are_checked(pair, kwargs, match):

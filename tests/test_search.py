@@ -258,5 +258,5 @@ def test_recall_target_needs_sample_rows():
         SearchSettings(recall=0.9, recall_rows=0)
     assert SearchSettings(recall=None, recall_rows=0).recall is None  # fixed probe, unmeasured
     assert SearchSettings(recall=1).recall == 1
-    with pytest.raises(ValueError, match="max_scan must be"):
-        SearchSettings(max_scan=0)
+    with pytest.raises(ValueError, match="max_widen must be"):
+        SearchSettings(max_widen=0.9)

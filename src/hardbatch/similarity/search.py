@@ -111,17 +111,17 @@ class SearchSettings:
     recall : float in (0, 1] or None
         With FAISS: the recall@k target. The search measures recall on ``recall_rows`` sampled
         query rows against their exact top-k and widens its probe (more candidates per
-        list, ×1.5 a step) until the target holds or ``max_scan`` is reached (then a
+        list, ×1.5 a step) until the target holds or ``max_widen`` is reached (then a
         ``RuntimeWarning`` names the recall reached); see
         :func:`~hardbatch.similarity.approximate.ivf_search`. ``None``: the fixed probe
         (``n_probe`` lists, ``max(16·k, 2048)`` candidates). Default 0.95 (README "Recall").
     recall_rows : int
         With FAISS: query rows sampled to measure recall@k against the exact search (costs
         ``recall_rows·N·d``); 0 skips it (only with ``recall=None``).
-    max_scan : float in (0, 1]
-        With FAISS and a recall target: the widest probe, as the share of the N targets one
-        list of queries is scored against (a work cap, so that plans do not depend on the
-        machine's speed; 0.1 is about 1/10 of the exact search's work).
+    max_widen : float >= 1
+        With FAISS and a recall target: the widest probe, as a multiple of the base
+        candidates ``max(16·k, 2048)``; the scan time grows in proportion, so this is the time
+        cap, counted in work rather than seconds so that plans do not depend on the machine.
     """
 
     backend: str = "auto"
@@ -134,7 +134,7 @@ class SearchSettings:
     pca_dim: int = 128
     recall: float | None = 0.95
     recall_rows: int = 256
-    max_scan: float = 0.1
+    max_widen: float = 8.0
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
@@ -142,7 +142,7 @@ class SearchSettings:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         check_positive_int(self.recall_rows, "recall_rows", minimum=0)
         if self.recall is not None:
-            check_recall_target(self.recall, self.recall_rows, self.max_scan)
+            check_recall_target(self.recall, self.recall_rows, self.max_widen)
 
     def resolved(self, n_samples: int, dim: int) -> SearchSettings:
         """These settings with the concrete backend for ``N×N×d`` (see
@@ -233,7 +233,7 @@ def search_neighbours(
         queries, targets, k, metric=settings.metric, seed=seed, device=settings.device,
         progress=settings.progress, norms=norms, n_lists=settings.n_lists,
         n_probe=settings.n_probe, pca_dim=settings.pca_dim, recall=settings.recall,
-        recall_rows=settings.recall_rows, max_scan=settings.max_scan,
+        recall_rows=settings.recall_rows, max_widen=settings.max_widen,
     )  # fmt: skip
     info.update(found)
     return Neighbours(ids, sims, info)
