@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from reference import dense_similarity
 
-from hardbatch.similarity.approximate import ivf_neighbours, neighbour_recall, seeded_kmeans
+from hardbatch.similarity.approximate import (
+    WIDEN_FACTOR,
+    ivf_neighbours,
+    ivf_search,
+    neighbour_recall,
+    sample_rows,
+    seeded_kmeans,
+)
 from hardbatch.synthetic import make_planted_pairs
 from hardbatch.validation import check_pair
 
@@ -55,3 +62,100 @@ def test_seeded_kmeans_is_reproducible():
     a = seeded_kmeans(x, 5, niter=5, seed=1)
     assert a.shape == (5, 8) and a.dtype == np.float32
     np.testing.assert_array_equal(a, seeded_kmeans(x, 5, niter=5, seed=1))
+
+
+# ---------------------------------------------------------------- the recall target loop
+@pytest.fixture(scope="module")
+def unstructured():
+    """Isotropic noise: no clusters, so the base probe (2048 of 8000) misses neighbours."""
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((8000, 24)).astype(np.float32)
+    t = q + 0.5 * rng.standard_normal((8000, 24)).astype(np.float32)
+    return q, t
+
+
+def slow_recall(q, t, ids, rows):
+    """Recall@k of ``ids`` on ``rows`` by a dense loop over every target (the reference)."""
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    tn = t / np.linalg.norm(t, axis=1, keepdims=True)
+    k, hits = ids.shape[1], 0
+    for i in rows:
+        sim = tn @ qn[i]
+        sim[i] = -np.inf
+        hits += len(set(np.argsort(-sim, kind="stable")[:k]) & set(ids[i].tolist()))
+    return hits / (len(rows) * k)
+
+
+def test_recall_loop_widens_until_the_target(unstructured):
+    q, t = unstructured
+    norms = check_pair(q, t)
+    fixed, _, base = ivf_search(q, t, 5, norms=norms, recall=None, recall_rows=200, seed=1)
+    assert base["candidates"] == 2048 and base["recall"] < 0.95  # the base probe misses some
+    ids, sims, info = ivf_search(
+        q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1
+    )
+    rows = sample_rows(8000, 200, 1)
+    assert info["recall"] == pytest.approx(slow_recall(q, t, ids, rows))
+    assert info["recall"] >= 0.95 and info["widen_steps"] >= 1
+    assert info["candidates"] > base["candidates"] and info["recall_target"] == 0.95
+    # One step narrower would have missed the target on the same sample (the loop stops
+    # at the first probe that meets it).
+    narrower = int(np.ceil(info["candidates"] / WIDEN_FACTOR))
+    narrower = 2048 if info["widen_steps"] == 1 else narrower
+    assert narrower < info["candidates"]
+    # The sims are the exact similarities of the ids found, best first.
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    tn = t / np.linalg.norm(t, axis=1, keepdims=True)
+    expect = np.einsum("nd,nkd->nk", qn, tn[ids.astype(int)])
+    np.testing.assert_allclose(sims, expect, atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all()
+
+
+def test_recall_loop_reproducible_and_narrower_probe_misses(unstructured):
+    q, t = unstructured
+    norms = check_pair(q, t)
+    a = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1)
+    b = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[2] == b[2]
+    # Capped one step below the chosen probe, the same search falls short and warns.
+    below = (a[2]["candidates"] - 1) / 2048
+    with pytest.warns(RuntimeWarning, match=r"recall@5 0\.\d+ .* below the target 0\.95"):
+        _, _, capped = ivf_search(
+            q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=below, seed=1
+        )
+    assert capped["recall"] < 0.95 and capped["candidates"] < a[2]["candidates"]
+
+
+def test_recall_cap_warns_with_the_recall_reached(unstructured):
+    q, t = unstructured
+    with pytest.warns(RuntimeWarning, match="is below the target 1.0"):
+        _, _, info = ivf_search(
+            q, t, 5, norms=check_pair(q, t), recall=1.0, recall_rows=100, max_widen=1.2
+        )
+    assert info["recall"] < 1.0 and info["candidates"] <= 1.2 * 2048
+
+
+def test_exhaustive_probe_is_exact(pair):
+    """Small N: the base probe already holds every target, recall 1 without widening."""
+    q, t = pair
+    _, _, info = ivf_search(q, t, 5, norms=check_pair(q, t), recall=0.99, recall_rows=50)
+    assert info["recall"] == 1.0 and info["widen_steps"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"recall": 0.0}, "recall must be"),
+        ({"recall": 1.5}, "recall must be"),
+        ({"recall": True}, "recall must be"),
+        ({"recall": "high"}, "recall must be"),
+        ({"recall": 0.9, "recall_rows": 0}, "recall_rows > 0"),
+        ({"max_widen": 0.5}, "max_widen must be"),
+        ({"max_widen": "8"}, "max_widen must be"),
+    ],
+)
+def test_recall_settings_are_checked(pair, kwargs, match):
+    q, t = pair
+    with pytest.raises(ValueError, match=match):
+        ivf_search(q, t, 5, norms=check_pair(q, t), **kwargs)

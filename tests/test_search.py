@@ -83,8 +83,10 @@ def test_search_info_and_recall(planted):
     found = search_neighbours(q, t, 6, settings, seed=2)
     assert found.info["backend"] == "faiss" and found.info["recall_rows"] == 100
     assert found.info["recall"] == neighbour_recall(q, t, found.ids, n_rows=100, seed=2)
-    quiet = search_neighbours(q, t, 6, SearchSettings(backend="faiss"), seed=2)
-    assert quiet.info == {"backend": "faiss"}
+    assert found.info["recall_target"] == 0.95 and found.info["candidates"] >= 2000
+    fixed = SearchSettings(backend="faiss", recall=None, recall_rows=0)
+    quiet = search_neighbours(q, t, 6, fixed, seed=2)
+    assert quiet.info["backend"] == "faiss" and "recall" not in quiet.info
     np.testing.assert_array_equal(quiet.ids, found.ids)
 
 
@@ -243,3 +245,18 @@ def test_b3_auto_partitioner_switches_to_leiden(planted, monkeypatch):
     assert hardbatch.plan("b3", q, t, **params).info["partitioner"] == "metis"
     monkeypatch.setattr(b3, "AUTO_METIS_NODES", 1000)
     assert hardbatch.plan("b3", q, t, **params).info["partitioner"] == "leiden"
+
+
+@pytest.mark.parametrize("recall", [0, -0.1, 1.01, True, "0.9"])
+def test_recall_target_is_checked(recall):
+    with pytest.raises(ValueError, match="recall must be a number in"):
+        SearchSettings(recall=recall)
+
+
+def test_recall_target_needs_sample_rows():
+    with pytest.raises(ValueError, match="recall_rows > 0"):
+        SearchSettings(recall=0.9, recall_rows=0)
+    assert SearchSettings(recall=None, recall_rows=0).recall is None  # fixed probe, unmeasured
+    assert SearchSettings(recall=1).recall == 1
+    with pytest.raises(ValueError, match="max_widen must be"):
+        SearchSettings(max_widen=0.9)

@@ -126,6 +126,9 @@ class B3(Planner):
         random plan; between, each batch keeps its first ``round(h·B)`` members (whole
         clusters when ``h·B`` is a multiple of K) and is filled at random. A schedule gives
         every epoch's regrouped batches (``plan.for_epoch(e)``) the hardness of epoch ``e``.
+    recall : float in (0, 1] or None
+        With FAISS: recall@k target; the probe widens until the sampled recall meets it
+        (:class:`~hardbatch.similarity.search.SearchSettings`); ``None``: fixed probe.
 
     Fit data (keyword arguments of :meth:`fit` / :func:`hardbatch.plan`, not parameters):
 
@@ -163,6 +166,7 @@ class B3(Planner):
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
         "hardness": "hardness dial in [0, 1]: 1 = the method's batches, 0 = random, between = "
         "each batch keeps that share and is filled at random",
+        "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
     def __init__(
@@ -185,6 +189,7 @@ class B3(Planner):
         backend: str = "auto",
         recall_rows: int = 256,
         hardness: float | HardnessSchedule = 1.0,
+        recall: float | None = 0.95,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last, hardness=hardness)
         self.cluster_size = cluster_size
@@ -200,6 +205,7 @@ class B3(Planner):
         self.progress = progress
         self.backend = backend
         self.recall_rows = recall_rows
+        self.recall = recall
 
     @classmethod
     def count_batches(
@@ -238,6 +244,7 @@ class B3(Planner):
             block_rows=self.block_rows,
             progress=self.progress,
             recall_rows=self.recall_rows,
+            recall=self.recall,
         )
         if self.partitioner not in ("auto", *PARTITIONERS):
             raise ValueError(

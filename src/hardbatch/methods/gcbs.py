@@ -93,6 +93,9 @@ class GCBS(Planner):
         random plan; between, each batch keeps the first ``round(h·B)`` samples of its run
         of the RCM order and is filled at random. Re-planned epochs use the schedule's value
         of their epoch.
+    recall : float in (0, 1] or None
+        With FAISS: recall@k target; the probe widens until the sampled recall meets it
+        (:class:`~hardbatch.similarity.search.SearchSettings`); ``None``: fixed probe.
 
     Attributes
     ----------
@@ -122,6 +125,7 @@ class GCBS(Planner):
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
         "hardness": "hardness dial in [0, 1]: 1 = the method's batches, 0 = random, between = "
         "each batch keeps that share and is filled at random",
+        "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
     def __init__(
@@ -141,6 +145,7 @@ class GCBS(Planner):
         backend: str = "auto",
         recall_rows: int = 256,
         hardness: float | HardnessSchedule = 1.0,
+        recall: float | None = 0.95,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last, hardness=hardness)
         self.quantile = quantile
@@ -153,6 +158,7 @@ class GCBS(Planner):
         self.progress = progress
         self.backend = backend
         self.recall_rows = recall_rows
+        self.recall = recall
 
     def _resolved_quantile(self, n: int) -> float | None:
         """The quantile rule's q for N samples (``None`` under the top-k rule)."""
@@ -178,6 +184,7 @@ class GCBS(Planner):
             block_rows=self.block_rows,
             progress=self.progress,
             recall_rows=self.recall_rows,
+            recall=self.recall,
         ).resolved(n, int(queries.shape[1]))
         search = {"backend": settings.backend}
         if settings.backend == "exact" and self.top_k is None:

@@ -8,8 +8,9 @@ excluded), best first, with one :class:`SearchSettings`. ``settings.backend`` pi
   plus ``torch.topk`` (:func:`~hardbatch.similarity.exact.exact_neighbours`): ``N·N·d``
   multiply-adds (1.5e15 at N = 1M, d = 768: hours on a CPU).
 * ``"faiss"`` — the inverted-file search of :mod:`hardbatch.similarity.approximate` (optional
-  extra ``hardbatch[faiss]``), about 2e12 at N = 1M; with ``recall_rows`` its recall@k against
-  the exact search is measured on a seeded sample of rows.
+  extra ``hardbatch[faiss]``), about 2e12 at N = 1M; its recall@k against the exact search is
+  measured on a seeded sample of ``recall_rows`` rows and its probe widened until it meets
+  ``settings.recall`` (0.95 by default).
 * ``"auto"`` — ``"exact"`` while the exact work ``N·N·d`` is at most :data:`AUTO_EXACT_WORK`
   (1e12 multiply-adds, about 30-60 s on a 2-core CPU; ×100 with CUDA), else ``"faiss"`` when
   FAISS is importable, else ``"exact"`` with a warning.
@@ -31,7 +32,7 @@ import torch
 from .._torch import resolve_device
 from ..validation import ArrayLike, check_pair, check_positive_int
 from ._common import METRICS
-from .approximate import ivf_neighbours, neighbour_recall
+from .approximate import check_recall_target, ivf_search
 from .exact import SimilarityBlocks, exact_neighbours
 from .sparse import neighbour_graph
 
@@ -107,9 +108,20 @@ class SearchSettings:
         Progress bars; ``None`` shows them when the work takes seconds.
     n_lists, n_probe, pca_dim : faiss backend
         Inverted lists (default ``ceil(2·sqrt(N))``), lists probed per list, PCA dimension.
+    recall : float in (0, 1] or None
+        With FAISS: the recall@k target. The search measures recall on ``recall_rows`` sampled
+        query rows against their exact top-k and widens its probe (more candidates per
+        list, ×1.5 a step) until the target holds or ``max_widen`` is reached (then a
+        ``RuntimeWarning`` names the recall reached); see
+        :func:`~hardbatch.similarity.approximate.ivf_search`. ``None``: the fixed probe
+        (``n_probe`` lists, ``max(16·k, 2048)`` candidates). Default 0.95 (README "Recall").
     recall_rows : int
         With FAISS: query rows sampled to measure recall@k against the exact search (costs
-        ``recall_rows·N·d``); 0 skips it.
+        ``recall_rows·N·d``); 0 skips it (only with ``recall=None``).
+    max_widen : float >= 1
+        With FAISS and a recall target: the widest probe, as a multiple of the base
+        candidates ``max(16·k, 2048)``; the scan time grows in proportion, so this is the time
+        cap, counted in work rather than seconds so that plans do not depend on the machine.
     """
 
     backend: str = "auto"
@@ -120,13 +132,17 @@ class SearchSettings:
     n_lists: int | None = None
     n_probe: int = 4
     pca_dim: int = 128
-    recall_rows: int = 0
+    recall: float | None = 0.95
+    recall_rows: int = 256
+    max_widen: float = 8.0
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         check_positive_int(self.recall_rows, "recall_rows", minimum=0)
+        if self.recall is not None:
+            check_recall_target(self.recall, self.recall_rows, self.max_widen)
 
     def resolved(self, n_samples: int, dim: int) -> SearchSettings:
         """These settings with the concrete backend for ``N×N×d`` (see
@@ -146,8 +162,11 @@ class Neighbours:
     sims : np.ndarray of shape (N, k), float32
         Their similarities, non-increasing along a row.
     info : dict
-        ``{"backend": "exact" | "faiss"}``, with FAISS and ``recall_rows`` also ``"recall"``
-        (recall@k on the sample) and ``"recall_rows"``. JSON-ready (a plan's ``info``).
+        ``{"backend": "exact" | "faiss"}``; with FAISS also the probe (``"candidates"`` per
+        list, mean ``"lists_probed"`` per query, ``"n_lists"``), with a recall target
+        ``"recall_target"`` and ``"widen_steps"``, and with ``recall_rows`` ``"recall"``
+        (recall@k of the result on the sample) and ``"recall_rows"``. JSON-ready (a plan's
+        ``info``).
     """
 
     ids: np.ndarray
@@ -210,17 +229,13 @@ def search_neighbours(
         return Neighbours(ids, sims, info)
     if norms is None:  # prepared blocks, but the approximate search reads the inputs
         norms = check_pair(queries, targets)
-    ids, sims = ivf_neighbours(
+    ids, sims, found = ivf_search(
         queries, targets, k, metric=settings.metric, seed=seed, device=settings.device,
         progress=settings.progress, norms=norms, n_lists=settings.n_lists,
-        n_probe=settings.n_probe, pca_dim=settings.pca_dim,
+        n_probe=settings.n_probe, pca_dim=settings.pca_dim, recall=settings.recall,
+        recall_rows=settings.recall_rows, max_widen=settings.max_widen,
     )  # fmt: skip
-    if settings.recall_rows:
-        info["recall"] = neighbour_recall(
-            queries, targets, ids, n_rows=settings.recall_rows, seed=seed,
-            metric=settings.metric, device=settings.device, norms=norms,
-        )  # fmt: skip
-        info["recall_rows"] = int(min(settings.recall_rows, n))
+    info.update(found)
     return Neighbours(ids, sims, info)
 
 
