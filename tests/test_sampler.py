@@ -60,7 +60,7 @@ def make_sampler(pairs, refresh, *, n=N, batch_size=32, drop_last=False, **kwarg
         seed=0,
         drop_last=drop_last,
         refresh=refresh,
-        quantile=0.95,
+        **({"quantile": 0.95} if "top_k" not in kwargs else {}),  # one selection rule
         **kwargs,
     )
 

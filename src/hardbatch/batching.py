@@ -281,7 +281,14 @@ def sample_codes(values, n_samples: int, name: str = "duplicate_ids") -> np.ndar
     if hasattr(values, "detach"):  # a torch tensor
         values = values.detach().cpu().numpy()
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biufUS":
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            _refuse_nan(name, int(np.flatnonzero(np.isnan(values))[0]))
         return np.unique(values, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    # NaN never equals itself: every NaN would be an id of its own (or all one, as numpy
+    # sorts them), so a missing value would silently become a class.
+    for i, x in enumerate(values):
+        if isinstance(x, (float, np.floating)) and x != x:
+            _refuse_nan(name, i)
     # Lists and object arrays (mixed or composite ids, which numpy would coerce or reject):
     # a dict assigns codes in order of first appearance.
     table: dict = {}
@@ -291,6 +298,13 @@ def sample_codes(values, n_samples: int, name: str = "duplicate_ids") -> np.ndar
         )
     except TypeError as exc:
         raise ValueError(f"{name} must hold hashable ids: {exc}") from None
+
+
+def _refuse_nan(name: str, index: int) -> None:
+    raise ValueError(
+        f"{name} holds NaN (first at sample {index}); give every sample a real id (a missing "
+        "value is not an id)"
+    )
 
 
 def separate_duplicates(

@@ -43,6 +43,40 @@ def row_sizes(n_samples: int, batch_size: int, drop_last: bool) -> np.ndarray:
     return np.asarray(sizes, dtype=np.int64)
 
 
+def check_duplicate_layout(
+    codes: np.ndarray,
+    batch_size: int,
+    *,
+    drop_last: bool,
+    groups: np.ndarray | None = None,
+) -> None:
+    """``ValueError`` when no epoch of ``len(codes)`` samples cut into batches of
+    ``batch_size`` can keep equal codes apart (checked before planning; epoch-independent).
+
+    Parameters
+    ----------
+    codes : np.ndarray of shape (N,), int
+        Duplicate-id codes (:func:`hardbatch.batching.sample_codes`).
+    batch_size : int
+    drop_last : bool
+    groups : np.ndarray of shape (N,), int, optional
+        Groups planned apart (each cut into its own batches, B3's ``groups``).
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    if groups is None:
+        parts = [codes]
+    else:
+        order = np.argsort(groups, kind="stable")
+        bounds = np.flatnonzero(np.diff(groups[order])) + 1
+        parts = np.split(codes[order], bounds)
+    for part in parts:
+        sizes = row_sizes(part.size, batch_size, drop_last)
+        problem = layout_problem(np.bincount(part), sizes, part.size - int(sizes.sum()))
+        if problem is not None:
+            where = "" if groups is None else " (within one of the groups)"
+            raise ValueError(f"duplicate_ids{where}: {problem}")
+
+
 def layout_problem(counts: np.ndarray, sizes: np.ndarray, n_dropped: int) -> str | None:
     """Why no batch layout separates ids with these ``counts`` (``None``: one exists).
 

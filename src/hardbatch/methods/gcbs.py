@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -25,10 +27,21 @@ from ..similarity import (
     symmetrize,
     threshold_graph,
 )
-from ..similarity._common import show_progress
+from ..similarity._common import METRICS, show_progress
+from ..similarity.search import BACKENDS
 from ..structure import bandwidth, rcm_order
-from ..validation import check_fraction, check_positive_int
+from ..validation import (
+    check_choice,
+    check_device,
+    check_fraction,
+    check_optional_bool,
+    check_optional_positive_int,
+    check_positive_int,
+)
 from .base import Planner, register_method
+
+#: GCBS's default ``quantile`` (the paper's q): the only value allowed together with ``top_k``.
+DEFAULT_QUANTILE = 0.999
 
 #: The quantile rule with FAISS keeps at most this many approximate neighbours per row (the
 #: exact rule has no per-row bound).
@@ -101,11 +114,24 @@ class GCBS(Planner):
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
     }
 
+    param_checks = {
+        "quantile": check_fraction,
+        "top_k": check_optional_positive_int,
+        "metric": partial(check_choice, choices=METRICS),
+        "n_threshold_pairs": check_positive_int,
+        "max_edges": check_optional_positive_int,
+        "device": check_device,
+        "block_rows": check_optional_positive_int,
+        "progress": check_optional_bool,
+        "backend": partial(check_choice, choices=BACKENDS),
+        "recall_rows": partial(check_positive_int, minimum=0),
+    }
+
     def __init__(
         self,
         batch_size: int = 64,
         *,
-        quantile: float = 0.999,
+        quantile: float = DEFAULT_QUANTILE,
         top_k: int | None = None,
         seed: int | None = 0,
         drop_last: bool = False,
@@ -129,6 +155,21 @@ class GCBS(Planner):
         self.progress = progress
         self.backend = backend
         self.recall_rows = recall_rows
+
+    def _check_together(self, n_samples, fit_data) -> None:
+        """``top_k`` replaces the quantile rule (a quantile given with it would be ignored),
+        and a row has only ``N - 1`` other targets to keep."""
+        if self.top_k is not None and float(self.quantile) != DEFAULT_QUANTILE:
+            raise ValueError(
+                f"give either top_k={self.top_k} or quantile={self.quantile}, not both: they "
+                "are two selection rules (top_k keeps a row's k nearest targets, quantile a "
+                "global similarity threshold)"
+            )
+        if self.top_k is not None and n_samples is not None and self.top_k >= n_samples:
+            raise ValueError(
+                f"top_k={self.top_k} must be smaller than N={n_samples} (a query has only "
+                f"N - 1 = {n_samples - 1} other targets)"
+            )
 
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
@@ -169,6 +210,14 @@ class GCBS(Planner):
         seconds["batching"] = time.perf_counter() - tick
 
         self.n_edges_ = int(graph.nnz)
+        if self.n_edges_ == 0:
+            warnings.warn(
+                "GCBS kept no pair of samples (0 graph edges: e.g. all rows identical, so no "
+                "pair is above the quantile threshold): the batches are cut from the input "
+                "order, not from hard negatives",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         has_edge = (np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=n) > 0)
         info = {
             "threshold": self.threshold_,
