@@ -97,7 +97,12 @@ def assert_guarded(plan: BatchPlan, ids: np.ndarray, epochs=range(4)) -> None:
         batches = plan.for_epoch(epoch)
         assert collisions(batches, codes) == 0, f"epoch {epoch}"
         BatchPlan(
-            batches, plan.method, plan.n_samples, plan.batch_size, drop_last=plan.drop_last
+            batches,
+            plan.method,
+            plan.n_samples,
+            plan.batch_size,
+            drop_last=plan.drop_last,
+            epoch_rule="fixed",  # one epoch's batches, without the plan's clusters
         ).validate()
 
 

@@ -3,6 +3,8 @@ sampler ("epoch" pays a pass per epoch, "recorded" none)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -350,3 +352,27 @@ def test_factory_refuses_what_cannot_work(pairs, refresh, method, options, plann
         options["recorder"] = EmbeddingRecorder(N if options["recorder"] == "N" else N + 1)
     with pytest.raises(ValueError, match=match):
         make_refresh_policy(refresh, planning_for(pairs, method, **planning_kwargs), **options)
+
+
+@pytest.mark.parametrize("initial", ["random", "embed"])
+def test_recorded_without_recordings_warns_at_the_next_epoch(initial):
+    x = np.random.default_rng(0).normal(size=(120, 8)).astype(np.float32)
+    extra = {"embeddings": (x, x)} if initial == "embed" else {}
+    sampler = HardBatchSampler(
+        n_samples=120, batch_size=12, method="gcbs", refresh="recorded", initial=initial,
+        top_k=4, **extra,
+    )  # fmt: skip
+    sampler.set_epoch(0)
+    list(sampler)  # no record() calls
+    sampler.set_epoch(1)
+    with pytest.warns(RuntimeWarning, match="nothing was recorded since the last plan"):
+        list(sampler)
+    # Recording silences it (from the epoch after the one that records).
+    sampler.set_epoch(2)
+    with pytest.warns(RuntimeWarning, match="nothing was recorded"):
+        for batch in sampler:
+            sampler.record(x[batch], x[batch], batch)
+    sampler.set_epoch(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(sampler)

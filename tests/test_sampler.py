@@ -322,3 +322,14 @@ def test_bad_input_with_plan(pairs):
         HardBatchSampler(n_samples=10, embeddings=(pairs.queries, pairs.targets))
     with pytest.raises(ValueError, match="targets have 100 rows, expected N=300"):
         HardBatchSampler(embeddings=(pairs.queries, pairs.targets[:100]))
+
+
+def test_drop_last_differing_from_the_plans_is_refused():
+    plan = hardbatch.plan("random", n_samples=50, batch_size=8, seed=0)
+    with pytest.raises(
+        ValueError, match="drop_last=True but the plan was made with drop_last=False"
+    ):
+        HardBatchSampler(plan=plan, drop_last=True)
+    assert HardBatchSampler(plan=plan, drop_last=False).drop_last is False
+    dropping = hardbatch.plan("random", n_samples=50, batch_size=8, seed=0, drop_last=True)
+    assert HardBatchSampler(plan=dropping).drop_last is True  # default: the plan's rule

@@ -44,7 +44,13 @@ from .planning import EmbedFn, Planning, shuffle_full_rows
 from .plans import BatchPlan
 from .recording import BatchTracker, EmbeddingRecorder, to_numpy_rows
 from .refresh import RefreshPolicy, make_refresh_policy
-from .validation import ArrayLike, check_batch_size, check_positive_int, check_seed
+from .validation import (
+    ArrayLike,
+    check_batch_size,
+    check_optional_bool,
+    check_positive_int,
+    check_seed,
+)
 
 #: Default ``batch_size`` when neither it nor a plan is given.
 DEFAULT_BATCH_SIZE = 64
@@ -189,7 +195,7 @@ class HardBatchSampler(Sampler[list[int]]):
         self.shard = bool(shard)
         self.num_replicas = num_replicas
         self.rank = rank
-        self.progress = progress
+        self.progress = check_optional_bool(progress, "progress")
         self.method_params = dict(method_params)
         self.epoch = 0
 

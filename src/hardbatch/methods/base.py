@@ -345,7 +345,7 @@ def check_planning(
     method: str,
     params: dict[str, Any],
     *,
-    n_samples: int,
+    n_samples: int | None,
     batch_size: int | None,
     drop_last: bool = False,
     seed: int | None = 0,
@@ -354,14 +354,22 @@ def check_planning(
     """Check a planning request before anything is planned (the sampler and the
     sentence-transformers adapter, which plan later): the method's parameters
     (:meth:`Planner.check_params`; ``params`` may hold its fit arrays) and whether
-    ``duplicate_ids`` can be kept apart. Returns the planner.
+    ``duplicate_ids`` can be kept apart. ``n_samples`` or ``batch_size`` may be ``None``
+    when not known yet (their checks then wait). Returns the planner.
     """
     cls = get_method(method)
+    allowed = [p for p in cls.param_names() if p not in COMMON_PARAMS] + list(cls.fit_params)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method {method!r} got unknown parameter(s) {unknown}; "
+            f"its parameters are: {', '.join(allowed) or '(none)'}"
+        )
     fit_data = {k: v for k, v in params.items() if k in cls.fit_params and v is not None}
     ctor = {k: v for k, v in params.items() if k not in cls.fit_params}
     planner = cls(batch_size=batch_size, seed=seed, drop_last=drop_last, **ctor)
     planner.check_params(n_samples, **fit_data)
-    if duplicate_ids is not None and batch_size is not None:
+    if duplicate_ids is not None and batch_size is not None and n_samples is not None:
         group = fit_data.get(cls.group_param) if cls.group_param else None
         check_duplicate_layout(
             sample_codes(duplicate_ids, n_samples),
