@@ -173,8 +173,9 @@ class Planner:
             positive text) never share a batch, in any epoch. Applied after planning by
             swapping as few samples as possible between batches
             (:func:`hardbatch.batching.separate_duplicates`; the number of swaps is in
-            ``plan.info["duplicate_guard"]``). ``ValueError`` if an id occurs more often than
-            there are batches.
+            ``plan.info["duplicate_guard"]``; where swaps find no way the layout is built,
+            :mod:`hardbatch.guard`). ``ValueError`` before planning if no layout can keep
+            the ids apart (e.g. an id occurs more often than there are batches).
         **fit_data
             The per-sample arrays named in :attr:`fit_params` (e.g. B3's ``labels``).
 
