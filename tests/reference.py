@@ -167,3 +167,28 @@ def train_losses(queries, targets, batches, temperature: float) -> dict[str, np.
                 out["neg_min"][i] = min(negatives)
                 out["neg_max"][i] = max(negatives)
     return out
+
+
+# --------------------------------------------------------------------------- duplicate guard
+def guard_feasible(codes, sizes, n_dropped: int) -> bool:
+    """Whether samples with ids ``codes`` fit batches of ``sizes`` with no id twice in a batch,
+    ``n_dropped`` of them left out: a max flow source → id (copies) → batch (1 per id) → sink
+    (size) that saturates every batch. Knows nothing of Gale–Ryser."""
+    from scipy.sparse.csgraph import maximum_flow
+
+    ids, counts = np.unique(np.asarray(codes), return_counts=True)
+    n_ids, n_rows = len(ids), len(sizes)
+    if n_rows == 0:
+        return True
+    source, sink = 0, 1 + n_ids + n_rows
+    rows, cols, caps = [], [], []
+    for i, c in enumerate(counts):
+        rows.append(source), cols.append(1 + i), caps.append(int(c))
+        for r in range(n_rows):
+            rows.append(1 + i), cols.append(1 + n_ids + r), caps.append(1)
+    for r, size in enumerate(sizes):
+        rows.append(1 + n_ids + r), cols.append(sink), caps.append(int(size))
+    graph = sp.csr_matrix((caps, (rows, cols)), shape=(sink + 1, sink + 1), dtype=np.int32)
+    flow = maximum_flow(graph, source, sink).flow_value
+    assert int(np.sum(sizes)) + n_dropped == len(codes)
+    return flow == int(np.sum(sizes))

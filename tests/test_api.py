@@ -504,3 +504,10 @@ def test_default_shard_hooks():
     full = [members[s][b] for s in (0, 1) for b in shards[s].batches if (b != PAD).all()]
     np.testing.assert_array_equal(merged.order[:6], np.concatenate(full))
     assert sorted(merged.order.tolist()) == list(range(9))
+
+
+def test_gcbs_warns_when_no_pair_passes_the_rule():
+    rows = np.ones((64, 8), dtype=np.float32)  # all identical: no pair above the threshold
+    with pytest.warns(RuntimeWarning, match="GCBS kept no pair"):
+        plan = hardbatch.plan("gcbs", rows, rows, batch_size=8, quantile=0.99)
+    assert plan.info["n_edges"] == 0

@@ -461,3 +461,42 @@ def test_hardness_option_has_a_help_line():
     option = cli.method_options()["hardness"]
     assert option.methods == ["b3", "gcbs"] and option.kind is float
     assert "hardness dial" in option.help_text()
+
+
+def test_output_folder_is_refused_before_planning(data_files, tmp_path, capsys, monkeypatch):
+    import hardbatch.cli.plan as plan_command
+
+    monkeypatch.setattr(plan_command, "plan", lambda *a, **k: pytest.fail("planned anyway"))
+    assert run(*plan_args(data_files, tmp_path)) == 2
+    assert "it is a folder" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"n_samples": None},
+        {"method": None},
+        {"batch_size": None},
+        {"params": [1]},
+        {"seed": "x"},
+        {"n_samples": 10**12},
+        "[" * 100_000,
+        "[1, 2]",
+    ],
+)
+def test_crafted_plan_files_are_one_line_errors(data_files, tmp_path, capsys, meta):
+    plan = hardbatch.plan("random", n_samples=N, batch_size=BATCH, seed=0)
+    path = plan.save(tmp_path / "plan.npz")
+    with np.load(path) as f:
+        contents = {name: f[name] for name in f.files}
+    if isinstance(meta, dict):
+        content = json.loads(str(contents["meta"]))
+        content.update(meta)
+        text = json.dumps({k: v for k, v in content.items() if v is not None})
+    else:
+        text = meta
+    contents["meta"] = np.array(text)
+    np.savez(path, **contents)
+    files = ["--queries", data_files["X"], "--targets", data_files["Y"]]
+    assert run("report", path, *files) == 2
+    assert str(path) in error_line(capsys)

@@ -137,3 +137,43 @@ def test_gcbs_quantile_is_rescaled_per_shard():
     assert params["quantile"] == pytest.approx(1 - 20 / 5000)
     top_k = get_method("gcbs")(batch_size=64, top_k=5)
     assert top_k.shard_params({"top_k": 5}, n_samples=20_001, shard_samples=5_001) == {"top_k": 5}
+
+
+def _no_ray(*args, **kwargs):
+    raise AssertionError("a Ray task or cluster was started before the parameters were checked")
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"quantile": 1.0}, "quantile must be in the open interval"),
+        ({"quantile": 1.5}, "quantile must be in the open interval"),
+        ({"quantile": 0.0}, "quantile must be in the open interval"),
+        ({"quantile": -1.0}, "quantile must be in the open interval"),
+        ({"quantile": float("nan")}, "quantile must be in the open interval"),
+        ({"top_k": 0}, "top_k must be an integer >= 1"),
+        ({"top_k": 5, "quantile": 0.9}, "either top_k=5 or quantile=0.9"),
+        ({"device": "bogus"}, "device='bogus'"),
+        ({"top_k": 2000}, "top_k=2000 must be smaller than N=2000"),
+    ],
+)
+def test_parameters_are_checked_before_any_task_starts(planted, monkeypatch, params, match):
+    monkeypatch.setattr(ray, "remote", _no_ray)
+    monkeypatch.setattr(ray, "init", _no_ray)
+    with pytest.raises(ValueError, match=match):
+        plan_on_ray(
+            "gcbs", queries=planted.queries, targets=planted.targets, batch_size=64,
+            shard_size=800, **params,
+        )  # fmt: skip
+
+
+def test_top_k_larger_than_a_shard_names_the_callers_inputs(planted, monkeypatch):
+    monkeypatch.setattr(ray, "remote", _no_ray)
+    monkeypatch.setattr(ray, "init", _no_ray)
+    with pytest.raises(ValueError) as info:
+        plan_on_ray(
+            "gcbs", queries=planted.queries, targets=planted.targets, batch_size=64,
+            shard_size=800, top_k=900,
+        )  # fmt: skip
+    text = str(info.value)
+    assert "N=2000" in text and "top_k=900" in text and "shard_size=800" in text

@@ -146,7 +146,7 @@ def rich_plan() -> BatchPlan:
     plan = make_plan(11, 4, order=np.arange(11)[::-1].copy())
     plan.params = {"quantile": 0.99, "top_k": None, "metric": "cosine", "nested": {"a": [1, 2]}}
     plan.info = {"threshold": np.float32(0.5), "n_edges": np.int64(7), "seconds": {"total": 0.1}}
-    plan.hard_negatives = np.arange(22).reshape(11, 2)
+    plan.hard_negatives = (np.arange(11)[:, None] + [1, 2]) % 11  # never the sample itself
     return plan
 
 

@@ -3,6 +3,8 @@ sampler ("epoch" pays a pass per epoch, "recorded" none)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -396,3 +398,27 @@ def test_static_b3_sampler_serves_the_schedule_of_each_epoch():
     assert sampler.plan_.params["hardness"] == schedule.to_json()
     np.testing.assert_array_equal(sampler.plan_.for_epoch(2), hard.for_epoch(2))
     assert not np.array_equal(sampler.plan_.for_epoch(0), hard.for_epoch(0))
+
+
+@pytest.mark.parametrize("initial", ["random", "embed"])
+def test_recorded_without_recordings_warns_at_the_next_epoch(initial):
+    x = np.random.default_rng(0).normal(size=(120, 8)).astype(np.float32)
+    extra = {"embeddings": (x, x)} if initial == "embed" else {}
+    sampler = HardBatchSampler(
+        n_samples=120, batch_size=12, method="gcbs", refresh="recorded", initial=initial,
+        top_k=4, **extra,
+    )  # fmt: skip
+    sampler.set_epoch(0)
+    list(sampler)  # no record() calls
+    sampler.set_epoch(1)
+    with pytest.warns(RuntimeWarning, match="nothing was recorded since the last plan"):
+        list(sampler)
+    # Recording silences it (from the epoch after the one that records).
+    sampler.set_epoch(2)
+    with pytest.warns(RuntimeWarning, match="nothing was recorded"):
+        for batch in sampler:
+            sampler.record(x[batch], x[batch], batch)
+    sampler.set_epoch(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(sampler)

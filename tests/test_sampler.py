@@ -60,7 +60,8 @@ def make_sampler(pairs, refresh, *, n=N, batch_size=32, drop_last=False, **kwarg
         seed=0,
         drop_last=drop_last,
         refresh=refresh,
-        **{"quantile": 0.95, **kwargs} if "top_k" not in kwargs else kwargs,
+        **({"quantile": 0.95} if "top_k" not in kwargs else {}),  # one selection rule
+        **kwargs,
     )
 
 
@@ -365,3 +366,14 @@ def test_len_before_planning_is_the_count_served(pairs, method, kwargs, drop_las
         if kwargs.get("refresh") == "recorded":
             for b in batches:
                 sampler.record(torch.randn(len(b), D), torch.randn(len(b), D), b)
+
+
+def test_drop_last_differing_from_the_plans_is_refused():
+    plan = hardbatch.plan("random", n_samples=50, batch_size=8, seed=0)
+    with pytest.raises(
+        ValueError, match="drop_last=True but the plan was made with drop_last=False"
+    ):
+        HardBatchSampler(plan=plan, drop_last=True)
+    assert HardBatchSampler(plan=plan, drop_last=False).drop_last is False
+    dropping = hardbatch.plan("random", n_samples=50, batch_size=8, seed=0, drop_last=True)
+    assert HardBatchSampler(plan=dropping).drop_last is True  # default: the plan's rule

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .guard import construct_layout, layout_problem
+
 #: Padding value in the last row of ``BatchPlan.batches`` when it is not full.
 PAD = -1
 
@@ -341,7 +343,14 @@ def sample_codes(values, n_samples: int, name: str = "duplicate_ids") -> np.ndar
     if hasattr(values, "detach"):  # a torch tensor
         values = values.detach().cpu().numpy()
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biufUS":
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            _refuse_nan(name, int(np.flatnonzero(np.isnan(values))[0]))
         return np.unique(values, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    # NaN never equals itself: every NaN would be an id of its own (or all one, as numpy
+    # sorts them), so a missing value would silently become a class.
+    for i, x in enumerate(values):
+        if isinstance(x, (float, np.floating)) and x != x:
+            _refuse_nan(name, i)
     # Lists and object arrays (mixed or composite ids, which numpy would coerce or reject):
     # a dict assigns codes in order of first appearance.
     table: dict = {}
@@ -351,6 +360,13 @@ def sample_codes(values, n_samples: int, name: str = "duplicate_ids") -> np.ndar
         )
     except TypeError as exc:
         raise ValueError(f"{name} must hold hashable ids: {exc}") from None
+
+
+def _refuse_nan(name: str, index: int) -> None:
+    raise ValueError(
+        f"{name} holds NaN (first at sample {index}); give every sample a real id (a missing "
+        "value is not an id)"
+    )
 
 
 def separate_duplicates(
@@ -371,6 +387,13 @@ def separate_duplicates(
     swaps is at most the number ``E`` of excess samples (at least ``ceil(E / 2)`` are needed),
     and the rest of the plan is untouched.
 
+    Where those swaps find no partner (tight layouts: an id in nearly every batch, or more
+    copies in a ``drop_last`` epoch than batches), the layout is built instead
+    (:func:`hardbatch.guard.construct_layout`): it succeeds on every feasible layout, and
+    with ``drop_last`` it may exchange placed samples for dropped ones. The exact feasibility
+    condition is in :mod:`hardbatch.guard`; it does not depend on the epoch, so a plan whose
+    first epoch is guarded is guarded in every epoch.
+
     Cost: one vectorised pass over the plan to find collisions (``O(N log B)``); then per
     excess sample a few random candidate batches, ``O(B)`` each, so ``O(E·B)`` expected while
     duplicates are rare. A plan without collisions is returned as is.
@@ -390,12 +413,13 @@ def separate_duplicates(
     batches : np.ndarray
         The repaired batches (a new array if any swap was made, else the input).
     n_swaps : int
+        Swaps made (for a built layout: half the samples that changed batch, rounded up).
 
     Raises
     ------
     ValueError
-        An id occurs more often (within one group) than there are batches to spread it over,
-        or no collision-free swap could be found.
+        No layout separates the ids (:func:`hardbatch.guard.layout_problem` says why, e.g. an
+        id occurs more often within one group than there are batches to spread it over).
     """
     batches = np.asarray(batches, dtype=np.int64)
     codes = np.asarray(codes, dtype=np.int64)
@@ -407,14 +431,45 @@ def separate_duplicates(
     if dup_rows.size == 0:
         return batches, 0
 
-    n_rows = batches.shape[0]
-    row_group = (
-        np.zeros(n_rows, dtype=np.int64)
+    groups = (
+        np.zeros(codes.size, dtype=np.int64)
         if sample_groups is None
-        else np.asarray(sample_groups, dtype=np.int64)[batches[:, 0]]
+        else np.asarray(sample_groups, dtype=np.int64)
     )
-    _check_spreadable(grid, valid, row_group, batches)
+    row_group = groups[batches[:, 0]]
+    # Samples in no batch (drop_last): the constructive layout may exchange them.
+    placed = np.zeros(codes.size, dtype=bool)
+    placed[batches[valid]] = True
+    missing = np.flatnonzero(~placed)
+    for g in np.unique(row_group[dup_rows]).tolist():
+        rows = np.flatnonzero(row_group == g)
+        dropped = missing[groups[missing] == g]
+        pool = np.concatenate([batches[rows][valid[rows]], dropped])
+        counts = np.bincount(codes[pool])
+        problem = layout_problem(counts, valid[rows].sum(axis=1), dropped.size)
+        if problem is not None:
+            sample = int(pool[codes[pool] == int(counts.argmax())][0])
+            raise ValueError(f"duplicate_ids (id of sample {sample}): {problem}")
+    try:
+        _check_spreadable(grid, valid, row_group, batches)
+        return _swap_duplicates(batches, codes, grid, dup_rows, row_group, rng)
+    except _SwapsFailed:
+        pass
+    # The random swaps found no way (a tight or drop_last layout): build one.
+    batches = batches.copy()
+    moved = 0
+    for g in np.unique(row_group[dup_rows]).tolist():
+        rows = np.flatnonzero(row_group == g)
+        moved += construct_layout(batches, codes, rows, missing[groups[missing] == g])
+    return batches, -(-moved // 2)
 
+
+class _SwapsFailed(Exception):
+    """The random swaps of :func:`_swap_duplicates` found no collision-free partner."""
+
+
+def _swap_duplicates(batches, codes, grid, dup_rows, row_group, rng) -> tuple[np.ndarray, int]:
+    """The guard's first try: swap every excess sample with a partner of another batch."""
     batches = batches.copy()
     counts: dict[int, dict[int, int]] = {}
 
@@ -444,10 +499,7 @@ def separate_duplicates(
         candidates = group_rows[int(row_group[r])]
         partner = _find_partner(grid, candidates, r, c, here, row_counts, rng)
         if partner is None:
-            raise ValueError(
-                f"cannot separate duplicate ids: no batch can take sample {int(batches[r, col])} "
-                "without creating another collision (too many duplicates for this batch size)"
-            )
+            raise _SwapsFailed
         r2, col2 = partner
         c2 = int(grid[r2, col2])
         there = row_counts(r2)
@@ -466,7 +518,7 @@ def separate_duplicates(
 def _check_spreadable(
     grid: np.ndarray, valid: np.ndarray, row_group: np.ndarray, batches: np.ndarray
 ) -> None:
-    """An id can be separated only if it occurs at most once per batch of its group."""
+    """The swaps can separate an id only if it occurs at most once per batch of its group."""
     groups = np.broadcast_to(row_group[:, None], grid.shape)[valid]
     ids = grid[valid]
     n_codes = int(ids.max()) + 1
@@ -475,14 +527,8 @@ def _check_spreadable(
     limit = rows_per_group[keys // n_codes]
     bad = np.flatnonzero(occurrences > limit)
     if bad.size:
-        i = int(bad[0])
-        code = int(keys[i] % n_codes)
-        sample = int(batches[valid][ids == code][0])
-        raise ValueError(
-            f"duplicate_ids: the id of sample {sample} occurs {int(occurrences[i])} times but "
-            f"there are only {int(limit[i])} batches to spread it over; two of its samples "
-            "must share a batch (use a larger dataset, a smaller batch_size or fewer duplicates)"
-        )
+        # More copies in the batches than batches: only exchanging dropped samples helps.
+        raise _SwapsFailed
 
 
 def _find_partner(grid, candidates, r, c, here, row_counts, rng, tries: int = 32):

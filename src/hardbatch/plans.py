@@ -26,11 +26,11 @@ from .batching import (
 )
 from .hardness import HardnessSchedule, as_schedule
 from .leftovers import leave_out_of_clusters, leave_out_of_order, rotating_leftovers
+from .planfile import ARRAY_FIELDS, FORMAT_VERSION, read_plan_file
 
-#: Version of the ``.npz`` plan format written by :meth:`BatchPlan.save`. Files of version 1
-#: written before ``epoch_rule`` was stored are read with the rule of their method
-#: (:data:`LEGACY_EPOCH_RULES`).
-FORMAT_VERSION = 1
+# FORMAT_VERSION: version of the ``.npz`` plan format written by :meth:`BatchPlan.save`
+# (:mod:`hardbatch.planfile`). Files of version 1 written before ``epoch_rule`` was stored are
+# read with the rule of their method (:data:`LEGACY_EPOCH_RULES`).
 
 #: A rule for epoch ``e >= 1`` of a plan: ``rule(plan, e) -> batches``, made only from the
 #: plan's own data (seed, clusters, ...). Epoch 0 is always ``plan.batches``.
@@ -129,7 +129,7 @@ def check_epoch_rule(name: str) -> str:
 
 
 #: Optional per-plan arrays that travel with the plan file.
-_ARRAY_FIELDS = ("order", "clusters", "hard_negatives", "cluster_groups", "duplicate_ids")
+_ARRAY_FIELDS = tuple(ARRAY_FIELDS)
 
 
 @dataclass
@@ -332,6 +332,7 @@ class BatchPlan:
         holds one group only, any row may be short (right-padded), and with ``drop_last`` each
         group of ``N_g`` samples misses its ``N_g % batch_size`` leftovers.
         """
+        self._check_fields()
         b = self.batches
         n, k = self.n_samples, self.batch_size
         if b.ndim != 2 or b.shape[1] != k:
@@ -368,11 +369,72 @@ class BatchPlan:
                 f"plan covers {ids.size} samples, expected {expected} "
                 f"(N={n}, batch_size={k}, drop_last={self.drop_last})"
             )
-        if self.duplicate_ids is not None and np.shape(self.duplicate_ids) != (n,):
-            raise ValueError(
-                f"duplicate_ids must have shape ({n},), got {np.shape(self.duplicate_ids)}"
-            )
+        self._check_arrays()
         return self
+
+    def _check_fields(self) -> None:
+        """Types of the scalar fields, and an epoch rule that is known."""
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"method must be a non-empty string, got {self.method!r}")
+        for name, value in (("n_samples", self.n_samples), ("batch_size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        seed = self.seed
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+        ):
+            raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+        if not isinstance(self.drop_last, (bool, np.bool_)):
+            raise ValueError(f"drop_last must be True or False, got {self.drop_last!r}")
+        check_epoch_rule(self.epoch_rule)
+        if self.epoch_rule == "regroup_clusters" and self.clusters is None:
+            raise ValueError("epoch rule 'regroup_clusters' needs clusters, which are missing")
+
+    def _check_arrays(self) -> None:
+        """The optional arrays against what they promise (shapes, ranges, each sample once)."""
+        n = self.n_samples
+        every = np.arange(n)
+        for name in _ARRAY_FIELDS:
+            a = getattr(self, name)
+            if a is not None and np.asarray(a).dtype.kind not in "iu":
+                raise ValueError(f"{name} must hold integers, got dtype {np.asarray(a).dtype}")
+        if self.order is not None:
+            order = np.asarray(self.order)
+            if order.shape != (n,) or not np.array_equal(np.sort(order), every):
+                raise ValueError(f"order must hold every sample 0..{n - 1} exactly once")
+        if self.clusters is not None:
+            clusters = np.asarray(self.clusters)
+            if clusters.ndim != 2 or clusters.shape[0] == 0:
+                raise ValueError(f"clusters must be a non-empty 2-D array, got {clusters.shape}")
+            pad = clusters == PAD
+            if (pad[:, :-1] & ~pad[:, 1:]).any():
+                raise ValueError("padding (-1) in a cluster must be at its end")
+            members = clusters[~pad]
+            if members.size != n or not np.array_equal(np.sort(members), every):
+                raise ValueError(f"clusters must hold every sample 0..{n - 1} exactly once")
+            if self.epoch_rule == "regroup_clusters" and self.batch_size % clusters.shape[1]:
+                raise ValueError(
+                    f"batch_size={self.batch_size} is not a multiple of the cluster size "
+                    f"{clusters.shape[1]}"
+                )
+        if self.hard_negatives is not None:
+            negatives = np.asarray(self.hard_negatives)
+            if negatives.ndim != 2 or negatives.shape[0] != n:
+                raise ValueError(f"hard_negatives must have shape ({n}, h), got {negatives.shape}")
+            if negatives.size and (negatives.min() < 0 or negatives.max() >= n):
+                raise ValueError(f"hard_negatives must be sample ids in [0, {n})")
+            if (negatives == every[:, None]).any():
+                raise ValueError("a sample is its own hard negative")
+        if self.duplicate_ids is not None:
+            codes = np.asarray(self.duplicate_ids)
+            if codes.shape != (n,):
+                raise ValueError(f"duplicate_ids must have shape ({n},), got {codes.shape}")
+            if codes.size and codes.min() < 0:
+                raise ValueError("duplicate_ids must be non-negative codes")
+            valid = self.batches != PAD
+            grid = np.sort(np.where(valid, codes[np.where(valid, self.batches, 0)], -1), axis=1)
+            if ((grid[:, 1:] == grid[:, :-1]) & (grid[:, 1:] >= 0)).any():
+                raise ValueError("a batch holds two samples with the same duplicate id")
 
     def _checked_groups(self) -> np.ndarray | None:
         """:attr:`sample_groups`, after checking that the clusters cover every sample once."""
@@ -386,6 +448,10 @@ class BatchPlan:
                 f"cluster_groups must have one entry per cluster ({clusters.shape[0]}), "
                 f"got shape {np.shape(self.cluster_groups)}"
             )
+        if np.asarray(self.cluster_groups).dtype.kind not in "iu" or (
+            np.asarray(self.cluster_groups).min() < 0
+        ):
+            raise ValueError("cluster_groups must be non-negative integers")
         members = clusters[clusters != PAD]
         if members.size != self.n_samples or not np.array_equal(
             np.sort(members), np.arange(self.n_samples)
@@ -422,7 +488,12 @@ class BatchPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike, n_samples: int | None = None) -> BatchPlan:
-        """Read a plan written by :meth:`save`.
+        """Read a plan written by :meth:`save`, verifying everything it promises.
+
+        The file is checked before it is trusted (:mod:`hardbatch.planfile`): only the known
+        members, none inflating beyond its compressed size, metadata fields present and typed,
+        array shapes that agree with ``n_samples`` and ``batch_size`` (read from the headers,
+        before any array is), then every invariant of :meth:`validate`.
 
         Parameters
         ----------
@@ -434,58 +505,31 @@ class BatchPlan:
         ------
         ValueError
             Not a plan file, an unknown format version, a plan for another N, or broken
-            invariants.
+            invariants (the message names the file and the problem).
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no plan file at {path}")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as exc:  # zip, pickle and format errors all mean "not a plan"
-            raise ValueError(f"{path} is not a hardbatch plan file (.npz): {exc}") from None
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(
-                f"{path} is a single .npy array, not a hardbatch plan file (.npz archive "
-                "written by BatchPlan.save)"
-            )
-        try:
-            with loaded as f:
-                contents = {name: f[name] for name in f.files}
-        except Exception as exc:  # zip, pickle and format errors all mean "not a plan"
-            raise ValueError(f"{path} is not a hardbatch plan file (.npz): {exc}") from None
-        if "batches" not in contents or "meta" not in contents:
-            raise ValueError(
-                f"{path} is not a hardbatch plan file: it lacks 'batches' or 'meta' "
-                f"(holds {sorted(contents)})"
-            )
-        try:
-            meta = json.loads(str(contents["meta"]))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: plan metadata is not valid JSON ({exc})") from None
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: plan format version {version!r} is not supported "
-                f"(this hardbatch reads version {FORMAT_VERSION})"
-            )
-        if n_samples is not None and int(n_samples) != meta["n_samples"]:
+        meta, arrays = read_plan_file(path)
+        if n_samples is not None and n_samples != meta["n_samples"]:
             raise ValueError(
                 f"{path} was planned for N={meta['n_samples']} samples, "
                 f"but the dataset has N={n_samples}"
             )
         plan = cls(
-            batches=contents["batches"],
+            batches=arrays.pop("batches"),
             method=meta["method"],
-            n_samples=int(meta["n_samples"]),
-            batch_size=int(meta["batch_size"]),
-            seed=meta.get("seed"),
-            drop_last=bool(meta.get("drop_last", False)),
-            params=meta.get("params", {}),
-            info=meta.get("info", {}),
-            epoch_rule=meta.get("epoch_rule"),
-            **{name: contents[name] for name in _ARRAY_FIELDS if name in contents},
+            n_samples=meta["n_samples"],
+            batch_size=meta["batch_size"],
+            seed=meta["seed"],
+            drop_last=meta["drop_last"],
+            params=meta["params"],
+            info=meta["info"],
+            epoch_rule=meta["epoch_rule"],
+            **{name: np.asarray(a, dtype=np.int64) for name, a in arrays.items()},
         )
-        return plan.validate()
+        try:
+            return plan.validate()
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a hardbatch plan file: {exc}") from None
 
     def __repr__(self) -> str:
         return (

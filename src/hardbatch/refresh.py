@@ -56,6 +56,7 @@ combinations or takes options, and add it to :data:`POLICY_CLASSES`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -284,6 +285,8 @@ class RecordedRefresh(RefreshPolicy):
         super().__init__(planning)
         self.recorder = recorder
         self.initial_pass = bool(initial_pass)
+        #: Newest recording stamp when the last epoch was planned (None: nothing planned yet).
+        self._planned_stamp: int | None = None
 
     @classmethod
     def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
@@ -328,6 +331,21 @@ class RecordedRefresh(RefreshPolicy):
         method = planning.method
         with watch("sync"):
             recorder.synchronize()
+        newest = int(recorder.stamps_.max(initial=-1))
+        if self._planned_stamp is not None and newest <= self._planned_stamp:
+            # Said when it happens: otherwise every epoch is silently random (or stale).
+            source = (
+                "with the random method"
+                if recorder.n_known == 0
+                else "from the same embeddings as the last one"
+            )
+            warnings.warn(
+                f"refresh='recorded': nothing was recorded since the last plan, so epoch "
+                f"{epoch} is planned {source}; call sampler.record(...) in the training step "
+                "or wrap the loss (the sentence-transformers adapter's wrap_loss)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         queries = targets = None
         if recorder.n_known == 0:
             if self.initial_pass:
@@ -335,6 +353,7 @@ class RecordedRefresh(RefreshPolicy):
                     recorder.set_all(*planning.initial_embeddings())
             else:
                 method = "random"  # initial="random": nothing to plan from yet
+        self._planned_stamp = int(recorder.stamps_.max(initial=-1))
         if method != "random":
             queries, targets = recorder.embeddings(seed=seed)
         with watch("plan"):

@@ -40,12 +40,18 @@ from .batching import epoch_rng
 from .checkpoint import STATE_VERSION
 from .distributed import torch_ddp as ddp
 from .methods import get_method
-from .methods.base import COMMON_PARAMS
+from .methods.base import COMMON_PARAMS, check_planning
 from .planning import EmbedFn, Planning, shuffle_full_rows
 from .plans import BatchPlan
 from .recording import BatchTracker, EmbeddingRecorder, to_numpy_rows
 from .refresh import RefreshPolicy, make_refresh_policy
-from .validation import ArrayLike, check_batch_size, check_positive_int, check_seed
+from .validation import (
+    ArrayLike,
+    check_batch_size,
+    check_optional_bool,
+    check_positive_int,
+    check_seed,
+)
 
 #: Default ``batch_size`` when neither it nor a plan is given.
 DEFAULT_BATCH_SIZE = 64
@@ -77,8 +83,9 @@ class HardBatchSampler(Sampler[list[int]]):
     seed : int or None
         Seeds every plan; epoch ``e`` (and the step of a ``"steps"`` re-plan) derive their own
         seeds from it, so batches are deterministic per ``(seed, epoch)``.
-    drop_last : bool
-        Leftover rule (:mod:`hardbatch.batching`).
+    drop_last : bool, optional
+        Leftover rule (:mod:`hardbatch.batching`); default ``False``, or the plan's. A value
+        that differs from the given plan's is a ``ValueError``.
     plan : BatchPlan, optional
         A static plan; epoch ``e`` uses ``plan.for_epoch(e)``.
     embeddings : (queries, targets), optional
@@ -172,7 +179,7 @@ class HardBatchSampler(Sampler[list[int]]):
         method: str | None = None,
         *,
         seed: int | None = 0,
-        drop_last: bool = False,
+        drop_last: bool | None = None,
         plan: BatchPlan | None = None,
         embeddings: tuple[ArrayLike, ArrayLike] | None = None,
         embed_fn: EmbedFn | None = None,
@@ -198,7 +205,7 @@ class HardBatchSampler(Sampler[list[int]]):
         self.shard = bool(shard)
         self.num_replicas = num_replicas
         self.rank = rank
-        self.progress = progress
+        self.progress = check_optional_bool(progress, "progress")
         self.method_params = dict(method_params)
         self.epoch = 0
 
@@ -222,8 +229,13 @@ class HardBatchSampler(Sampler[list[int]]):
                     f"batch_size={batch_size} but the plan has batch_size={plan.batch_size}"
                 )
             batch_size = plan.batch_size
-            if drop_last != plan.drop_last:
-                drop_last = plan.drop_last  # the plan's leftover rule is what it serves
+            if drop_last is not None and drop_last != plan.drop_last:
+                raise ValueError(
+                    f"drop_last={drop_last} but the plan was made with drop_last="
+                    f"{plan.drop_last} (a plan serves its own leftover rule; re-plan to change it)"
+                )
+            drop_last = plan.drop_last
+        drop_last = False if drop_last is None else drop_last
         self.batch_size = check_batch_size(
             DEFAULT_BATCH_SIZE if batch_size is None else batch_size, self.n_samples
         )
@@ -242,6 +254,17 @@ class HardBatchSampler(Sampler[list[int]]):
             )
         if self.embeddings is not None:
             self.embeddings = self._check_embeddings(embeddings)
+        if plan is None:
+            # The method's own checks, now rather than at the first epoch.
+            check_planning(
+                self.method,
+                self.method_params,
+                n_samples=self.n_samples,
+                batch_size=self.batch_size,
+                drop_last=self.drop_last,
+                seed=self.seed,
+                duplicate_ids=self.duplicate_ids,
+            )
 
         self.initial = initial
         self.planning = Planning(

@@ -84,6 +84,15 @@ def check_embeddings(a: ArrayLike, name: str = "embeddings") -> np.ndarray:
                 f"{name} contains NaN or inf values (first in row {row}; values beyond the "
                 "float32 range count as inf)"
             )
+        zero = torch.nonzero(block_norms == 0)
+        if zero.numel():
+            row = start + int(zero[0, 0])
+            if bool((block[row - start] != 0).any()):
+                # Not zero, but its squared norm underflows float32 (e.g. values of 1e-30).
+                raise ValueError(
+                    f"{name} row {row} has a near-zero norm (it underflows float32); "
+                    "cosine similarity is undefined for it: rescale the embeddings"
+                )
         norms[start : start + len(block)] = block_norms.numpy()
     zero = np.flatnonzero(norms == 0)
     if zero.size:
@@ -111,8 +120,9 @@ def check_pair(queries: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.n
     return q_norms, t_norms
 
 
-def check_batch_size(batch_size: Any, n_samples: int) -> int:
-    """Check ``2 <= batch_size <= n_samples`` and return it as int."""
+def check_batch_size(batch_size: Any, n_samples: int | None = None) -> int:
+    """Check ``2 <= batch_size <= n_samples`` (the upper bound only when N is given) and return
+    it as int."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
     batch_size = int(batch_size)
@@ -120,7 +130,7 @@ def check_batch_size(batch_size: Any, n_samples: int) -> int:
         raise ValueError(
             f"batch_size must be at least 2 (a batch needs in-batch negatives), got {batch_size}"
         )
-    if n_samples < batch_size:
+    if n_samples is not None and n_samples < batch_size:
         raise ValueError(
             f"N={n_samples} samples is smaller than batch_size={batch_size}: "
             "not even one full batch"
@@ -153,3 +163,63 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_optional_positive_int(value: Any, name: str, *, minimum: int = 1) -> int | None:
+    """``None``, or an integer ``>= minimum``."""
+    return None if value is None else check_positive_int(value, name, minimum=minimum)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``True`` or ``False`` (numpy booleans too; not 0/1 or strings)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_optional_bool(value: Any, name: str) -> bool | None:
+    """``None``, ``True`` or ``False``."""
+    return None if value is None else check_bool(value, name)
+
+
+def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
+    """``value`` must be one of ``choices``."""
+    try:
+        ok = value in choices
+    except TypeError:  # an unhashable or odd value compares badly
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_device(device: Any, name: str = "device") -> str | torch.device | None:
+    """A torch device that exists on this machine (``None`` or ``"auto"``: the default).
+
+    Raises
+    ------
+    ValueError
+        Not a device name (``"bogus"``), or a CUDA/MPS device this machine does not have.
+    """
+    if device is None or device == "auto":
+        return device
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(
+            f"{name} must be a torch device name such as 'cpu' or 'cuda', got {device!r}"
+        )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{name}={device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name}={device!r}: hardbatch runs on cpu, cuda or mps devices")
+    return device

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
+from .. import validation
 
 PROG = "hardbatch"
 
@@ -69,9 +69,6 @@ def check_device(device: str | None) -> str | None:
     if device is None or device == "auto":
         return None
     try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise CliError(f"--device {device!r} is not a torch device: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {device}: CUDA is not available on this machine")
-    return device
+        return validation.check_device(device, "--device")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None

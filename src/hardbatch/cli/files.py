@@ -23,8 +23,13 @@ def existing(path: Path, what: str) -> Path:
 
 
 def check_writable(path: Path | None, what: str) -> None:
-    """Fail before the work, not after it, when an output folder is missing."""
-    if path is not None and not path.resolve().parent.is_dir():
+    """Fail before the work, not after it, when an output folder is missing or the output
+    path is a folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CliError(f"cannot write {what} {path}: it is a folder; give a file name")
+    if not path.resolve().parent.is_dir():
         raise CliError(f"cannot write {what} {path}: folder {path.parent} does not exist")
 
 

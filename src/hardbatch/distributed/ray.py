@@ -192,6 +192,27 @@ def _plan_shard(
     )
 
 
+def _checked_shard_params(
+    planner: Any, params: dict[str, Any], n: int, shard_samples: int, shard_size: int
+) -> dict[str, Any]:
+    """The parameters of one shard (:meth:`hardbatch.Planner.shard_params`), checked for its
+    size before any task starts; the error names the caller's inputs and N."""
+    shard = planner.shard_params(params, n_samples=n, shard_samples=shard_samples)
+    try:
+        type(planner)(
+            batch_size=planner.batch_size, seed=planner.seed, drop_last=False, **shard
+        ).check_params(shard_samples)
+    except ValueError as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise ValueError(
+            f"plan_on_ray({planner.name!r}, N={n}, batch_size={planner.batch_size}, "
+            f"shard_size={shard_size}{', ' + given if given else ''}): a shard holds only "
+            f"{shard_samples} of the N={n} samples, too few for these parameters ({exc}); "
+            "use a larger shard_size or smaller parameters"
+        ) from None
+    return shard
+
+
 def plan_on_ray(
     method: str,
     *,
@@ -247,6 +268,10 @@ def plan_on_ray(
     bad = sorted(set(method_params) & set(cls.fit_params))
     if bad:
         raise ValueError(f"plan_on_ray does not support the per-sample fit arrays {bad}")
+    # Every parameter is checked here, before the embeddings are read and any task starts:
+    # a shard must never run a parameter the caller did not give (or a clamped one).
+    planner = cls(batch_size=batch_size, seed=seed, drop_last=drop_last, **method_params)
+    planner.check_params()
     norms = check_pair(queries, targets)
     n = int(queries.shape[0])
     batch_size = check_batch_size(batch_size, n)
@@ -261,8 +286,7 @@ def plan_on_ray(
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     if not isinstance(drop_last, (bool, np.bool_)):
         raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
-    # A planner built now checks the method parameters before any shard work starts.
-    planner = cls(batch_size=batch_size, seed=seed, drop_last=drop_last, **method_params)
+    planner.check_params(n)
     metric = method_params.get("metric", "cosine")
 
     n_shards = math.ceil(n / shard_size)
@@ -271,6 +295,10 @@ def plan_on_ray(
         norms=norms[1],
     )  # fmt: skip
     members = [np.flatnonzero(shard_of == s) for s in range(int(shard_of.max()) + 1)]
+    shard_params = [
+        _checked_shard_params(planner, method_params, n, int(idx.size), shard_size)
+        for idx in members
+    ]
     seconds = {"shards": time.perf_counter() - tick}
 
     tick = time.perf_counter()
@@ -285,12 +313,9 @@ def plan_on_ray(
             batch_size,
             seed,
             # Shards plan the method's own batches; the dial is applied to the merged plan.
-            {
-                **planner.shard_params(method_params, n_samples=n, shard_samples=int(idx.size)),
-                **({"hardness": 1.0} if "hardness" in method_params else {}),
-            },
+            {**params, **({"hardness": 1.0} if "hardness" in method_params else {})},
         )
-        for idx in members
+        for idx, params in zip(members, shard_params, strict=True)
     ]
     results = ray.get(futures)
     seconds["shard_plans"] = time.perf_counter() - tick

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,17 @@ from ..similarity import (
     search_neighbours,
     window_graph,
 )
+from ..similarity._common import METRICS
+from ..similarity.search import BACKENDS
 from ..structure import PARTITIONERS, check_cluster_size, equalize_parts, partition_graph
-from ..validation import check_positive_int
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_optional_bool,
+    check_optional_positive_int,
+    check_positive_int,
+)
 from .base import Planner, register_method
 
 #: ``partitioner="auto"`` uses METIS up to this many samples per group, Leiden above.
@@ -169,6 +179,23 @@ class B3(Planner):
         "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
+    group_param = "groups"
+    param_checks = {
+        "cluster_size": lambda value, name: check_cluster_size(value),
+        "p": partial(check_positive_int, minimum=0),
+        "m": check_positive_int,
+        "mutual": check_bool,
+        "partitioner": partial(check_choice, choices=("auto", *PARTITIONERS)),
+        "hard_negatives": partial(check_positive_int, minimum=0),
+        "label_fraction": lambda value, name: _check_label_fraction(value),
+        "metric": partial(check_choice, choices=METRICS),
+        "device": check_device,
+        "block_rows": check_optional_positive_int,
+        "progress": check_optional_bool,
+        "backend": partial(check_choice, choices=BACKENDS),
+        "recall_rows": partial(check_positive_int, minimum=0),
+    }
+
     def __init__(
         self,
         batch_size: int = 64,
@@ -224,6 +251,18 @@ class B3(Planner):
         )
 
     # ------------------------------------------------------------------ checks
+    def _check_together(self, n_samples, fit_data) -> None:
+        """A batch holds whole clusters; without labels or groups the rank window must fit N
+        (with groups it is checked per group, with labels it is not a rank window)."""
+        if self.batch_size is not None and int(self.batch_size) % int(self.cluster_size):
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of cluster_size="
+                f"{self.cluster_size} (a batch holds whole clusters)"
+            )
+        if n_samples is not None and fit_data.get("labels") is None:
+            if fit_data.get("groups") is None:
+                check_window(self.p, self.m, n_samples)
+
     def _check_params(self, batch_size: int) -> tuple[int, SearchSettings]:
         """Cluster size K and the teacher search settings, after checking every parameter."""
         k = check_cluster_size(self.cluster_size)
@@ -460,6 +499,15 @@ class B3(Planner):
             for shard, idx in zip(shard_plans, members, strict=True):
                 negatives[idx] = idx[shard.hard_negatives]
         return self._make_plan(batches, n=n, seed=seed, clusters=clusters, hard_negatives=negatives)
+
+
+def _check_label_fraction(value: Any) -> float:
+    """``label_fraction`` in ``(0, 1]`` (the number of labels is checked when known)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"label_fraction must be a number in (0, 1], got {value!r}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {value}")
+    return float(value)
 
 
 def _take_rows(a: Any, idx: np.ndarray) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -23,6 +23,7 @@ from ..batching import (
     sample_codes,
     separate_duplicates,
 )
+from ..guard import check_duplicate_layout
 from ..hardness import (
     HardnessGraph,
     HardnessSchedule,
@@ -32,7 +33,18 @@ from ..hardness import (
     warn_near_random,
 )
 from ..plans import BatchPlan, check_epoch_rule
-from ..validation import ArrayLike, check_batch_size, check_pair, check_seed, n_rows
+from ..validation import (
+    ArrayLike,
+    check_batch_size,
+    check_bool,
+    check_embeddings,
+    check_pair,
+    check_seed,
+    n_rows,
+)
+
+#: A parameter check: ``check(value, name)`` raises ``ValueError`` naming ``name``.
+ParamCheck = Callable[[Any, str], Any]
 
 _REGISTRY: dict[str, type[Planner]] = {}
 
@@ -104,6 +116,12 @@ class Planner:
     epoch_rule: ClassVar[str] = "fixed"
     #: Extra option strings of ``hardbatch plan`` per parameter (e.g. ``{"p": ["-p"]}``).
     cli_aliases: ClassVar[dict[str, list[str]]] = {}
+    #: The check of every method parameter, by name (``check(value, name)``, a ``ValueError``
+    #: naming the parameter): run by :meth:`check_params`, i.e. by every entry point.
+    param_checks: ClassVar[dict[str, ParamCheck]] = {}
+    #: The fit array (in :attr:`fit_params`) whose groups are planned apart (B3's ``groups``):
+    #: the duplicate guard's feasibility is then checked per group.
+    group_param: ClassVar[str | None] = None
 
     plan_: BatchPlan
     #: The dial of a method that does not take ``hardness``: always its own plan.
@@ -163,6 +181,37 @@ class Planner:
         n_full, rest = divmod(int(n_samples), int(batch_size))
         return n_full + (1 if rest and not drop_last else 0)
 
+    # ---------------------------------------------------------------- checks
+    def check_params(self, n_samples: int | None = None, **fit_data: Any) -> Planner:
+        """Check every parameter; ``ValueError`` naming the first bad one. Returns ``self``.
+
+        The one validation layer: :meth:`fit` (so :func:`hardbatch.plan` and the CLI), the
+        sampler, the sentence-transformers adapter and :func:`hardbatch.distributed.plan_on_ray`
+        call it before any work. The common parameters are checked here, each method
+        parameter by its entry in :attr:`param_checks`, combinations by
+        :meth:`_check_together`.
+
+        Parameters
+        ----------
+        n_samples : int, optional
+            N, when known: the checks that depend on it run too (``batch_size <= N``, GCBS's
+            ``top_k < N``, B3's window ``p + m < N``).
+        **fit_data
+            The per-sample arrays about to be fitted (some checks depend on which are given).
+        """
+        if self.batch_size is not None:  # None: not known yet (the trainer sets it later)
+            check_batch_size(self.batch_size, n_samples)
+        check_seed(self.seed)
+        check_bool(self.drop_last, "drop_last")
+        params = self.get_params()
+        for name, check in self.param_checks.items():
+            check(params[name], name)
+        self._check_together(n_samples, fit_data)
+        return self
+
+    def _check_together(self, n_samples: int | None, fit_data: dict[str, Any]) -> None:
+        """Checks of parameters together, or against N (method hook; default: none)."""
+
     # ---------------------------------------------------------------- fitting
     def fit(
         self,
@@ -187,8 +236,9 @@ class Planner:
             positive text) never share a batch, in any epoch. Applied after planning by
             swapping as few samples as possible between batches
             (:func:`hardbatch.batching.separate_duplicates`; the number of swaps is in
-            ``plan.info["duplicate_guard"]``). ``ValueError`` if an id occurs more often than
-            there are batches.
+            ``plan.info["duplicate_guard"]``; where swaps find no way the layout is built,
+            :mod:`hardbatch.guard`). ``ValueError`` before planning if no layout can keep
+            the ids apart (e.g. an id occurs more often than there are batches).
         **fit_data
             The per-sample arrays named in :attr:`fit_params` (e.g. B3's ``labels``).
 
@@ -237,6 +287,14 @@ class Planner:
 
     def _check_fit(self, queries, targets, n_samples, duplicate_ids, fit_data):
         """The checked inputs of :meth:`fit`: ``(n, norms, batch_size, seed, codes, data)``."""
+        unknown = sorted(set(fit_data) - set(self.fit_params))
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} got unknown fit argument(s) {unknown}; it accepts: "
+                f"{', '.join(('duplicate_ids', *self.fit_params))}"
+            )
+        data = {k: v for k, v in fit_data.items() if v is not None}
+        self.check_params(None, **data)  # cheap checks before the embeddings are read
         norms = None
         if self.uses_embeddings:
             if queries is None or targets is None:
@@ -245,22 +303,27 @@ class Planner:
             n = n_rows(queries)
         else:
             n = self._count(queries, targets, n_samples)
-        if n_samples is not None and int(n_samples) != n:
-            raise ValueError(f"n_samples={n_samples} does not match the {n} embedding rows")
+        if n_samples is not None and (
+            isinstance(n_samples, bool)
+            or not isinstance(n_samples, (int, np.integer))
+            or int(n_samples) != n
+        ):
+            raise ValueError(f"n_samples={n_samples!r} does not match the {n} embedding rows")
+        self.check_params(n, **data)
         batch_size = check_batch_size(self.batch_size, n)
         seed = check_seed(self.seed)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        if not isinstance(self.drop_last, (bool, np.bool_)):
-            raise ValueError(f"drop_last must be True or False, got {self.drop_last!r}")
-        unknown = sorted(set(fit_data) - set(self.fit_params))
-        if unknown:
-            raise ValueError(
-                f"method {self.name!r} got unknown fit argument(s) {unknown}; it accepts: "
-                f"{', '.join(('duplicate_ids', *self.fit_params))}"
-            )
         codes = None if duplicate_ids is None else sample_codes(duplicate_ids, n)
-        data = {k: v for k, v in fit_data.items() if v is not None}
+        if codes is not None:
+            # Refused now, before the planning work, if no layout can separate the ids.
+            group = data.get(self.group_param) if self.group_param else None
+            check_duplicate_layout(
+                codes,
+                batch_size,
+                drop_last=bool(self.drop_last),
+                groups=None if group is None else sample_codes(group, n, self.group_param),
+            )
         return n, norms, batch_size, seed, codes, data
 
     @staticmethod
@@ -282,8 +345,8 @@ class Planner:
         rows = {}
         for a, name in ((queries, "queries"), (targets, "targets")):
             if a is not None:
-                if len(getattr(a, "shape", ())) < 1:
-                    raise ValueError(f"{name} must be an array with N rows")
+                # Not read by the method, but a wrong array is a mistake worth naming.
+                check_embeddings(a, name)
                 rows[name] = n_rows(a)
         if len(set(rows.values())) > 1:
             raise ValueError(
@@ -296,6 +359,8 @@ class Planner:
             raise ValueError("give n_samples (or queries/targets) to plan")
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
             raise ValueError(f"n_samples must be an integer, got {n_samples!r}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         return int(n_samples)
 
     def _plan(
@@ -364,6 +429,45 @@ class Planner:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+def check_planning(
+    method: str,
+    params: dict[str, Any],
+    *,
+    n_samples: int | None,
+    batch_size: int | None,
+    drop_last: bool = False,
+    seed: int | None = 0,
+    duplicate_ids: Any = None,
+) -> Planner:
+    """Check a planning request before anything is planned (the sampler and the
+    sentence-transformers adapter, which plan later): the method's parameters
+    (:meth:`Planner.check_params`; ``params`` may hold its fit arrays) and whether
+    ``duplicate_ids`` can be kept apart. ``n_samples`` or ``batch_size`` may be ``None``
+    when not known yet (their checks then wait). Returns the planner.
+    """
+    cls = get_method(method)
+    allowed = [p for p in cls.param_names() if p not in COMMON_PARAMS] + list(cls.fit_params)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"method {method!r} got unknown parameter(s) {unknown}; "
+            f"its parameters are: {', '.join(allowed) or '(none)'}"
+        )
+    fit_data = {k: v for k, v in params.items() if k in cls.fit_params and v is not None}
+    ctor = {k: v for k, v in params.items() if k not in cls.fit_params}
+    planner = cls(batch_size=batch_size, seed=seed, drop_last=drop_last, **ctor)
+    planner.check_params(n_samples, **fit_data)
+    if duplicate_ids is not None and batch_size is not None and n_samples is not None:
+        group = fit_data.get(cls.group_param) if cls.group_param else None
+        check_duplicate_layout(
+            sample_codes(duplicate_ids, n_samples),
+            int(batch_size),
+            drop_last=bool(drop_last),
+            groups=None if group is None else sample_codes(group, n_samples, cls.group_param),
+        )
+    return planner
 
 
 def register_method(cls: P) -> P:

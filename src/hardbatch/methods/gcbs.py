@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,9 +30,18 @@ from ..similarity import (
     symmetrize,
     threshold_graph,
 )
-from ..similarity._common import show_progress
+from ..similarity._common import METRICS, show_progress
+from ..similarity.search import BACKENDS
 from ..structure import bandwidth, rcm_order
-from ..validation import check_fraction, check_positive_int, n_rows
+from ..validation import (
+    check_choice,
+    check_device,
+    check_fraction,
+    check_optional_bool,
+    check_optional_positive_int,
+    check_positive_int,
+    n_rows,
+)
 from .base import Planner, register_method
 
 #: The quantile rule with FAISS keeps at most this many approximate neighbours per row (the
@@ -40,6 +51,11 @@ QUANTILE_ROW_CAP = 128
 #: Pairs above the sampled threshold that the default rule wants in its sample (the sample
 #: grows with N so that the threshold stays estimated from at least this many).
 _DEFAULT_PAIRS_ABOVE = 200
+
+
+def _check_optional_fraction(value, name: str):
+    """``None`` (the default rule) or a number in (0, 1)."""
+    return None if value is None else check_fraction(value, name)
 
 
 @register_method
@@ -128,6 +144,19 @@ class GCBS(Planner):
         "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
+    param_checks = {
+        "quantile": _check_optional_fraction,
+        "top_k": check_optional_positive_int,
+        "metric": partial(check_choice, choices=METRICS),
+        "n_threshold_pairs": check_positive_int,
+        "max_edges": check_optional_positive_int,
+        "device": check_device,
+        "block_rows": check_optional_positive_int,
+        "progress": check_optional_bool,
+        "backend": partial(check_choice, choices=BACKENDS),
+        "recall_rows": partial(check_positive_int, minimum=0),
+    }
+
     def __init__(
         self,
         batch_size: int = 64,
@@ -163,15 +192,25 @@ class GCBS(Planner):
     def _resolved_quantile(self, n: int) -> float | None:
         """The quantile rule's q for N samples (``None`` under the top-k rule)."""
         if self.top_k is not None:
-            if self.quantile is not None:
-                raise ValueError(
-                    f"give quantile or top_k, not both (got quantile={self.quantile!r}, "
-                    f"top_k={self.top_k!r}): top_k replaces the quantile rule"
-                )
-            return None
+            return None  # _check_together refused a quantile given with it
         if self.quantile is None:
             return default_quantile(n)
         return check_fraction(self.quantile, "quantile")
+
+    def _check_together(self, n_samples, fit_data) -> None:
+        """``top_k`` replaces the quantile rule (a quantile given with it would be ignored),
+        and a row has only ``N - 1`` other targets to keep."""
+        if self.top_k is not None and self.quantile is not None:
+            raise ValueError(
+                f"give either top_k={self.top_k} or quantile={self.quantile}, not both: they "
+                "are two selection rules (top_k keeps a row's k nearest targets, quantile a "
+                "global similarity threshold)"
+            )
+        if self.top_k is not None and n_samples is not None and self.top_k >= n_samples:
+            raise ValueError(
+                f"top_k={self.top_k} must be smaller than N={n_samples} (a query has only "
+                f"N - 1 = {n_samples - 1} other targets)"
+            )
 
     def _plan(self, queries, targets, *, n, batch_size, seed, norms) -> BatchPlan:
         seconds: dict[str, float] = {}
@@ -214,6 +253,14 @@ class GCBS(Planner):
         seconds["batching"] = time.perf_counter() - tick
 
         self.n_edges_ = int(graph.nnz)
+        if self.n_edges_ == 0:
+            warnings.warn(
+                "GCBS kept no pair of samples (0 graph edges: e.g. all rows identical, so no "
+                "pair is above the quantile threshold): the batches are cut from the input "
+                "order, not from hard negatives",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         has_edge = (np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=n) > 0)
         self.hardness_graph_ = HardnessGraph.from_csr(
             graph, n - int(np.count_nonzero(has_edge)), seed=seed

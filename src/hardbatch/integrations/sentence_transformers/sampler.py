@@ -17,9 +17,11 @@ from torch import nn
 from ...batching import epoch_rng
 from ...distributed import torch_ddp as ddp
 from ...methods import get_method
+from ...methods.base import check_planning
 from ...recording import BatchTracker, to_numpy_rows
 from ...refresh import POLICY_CLASSES, REFRESH_POLICIES, resolve_refresh
 from ...sampler import HardBatchSampler as CoreHardBatchSampler
+from ...validation import check_optional_bool
 from ..huggingface import select_rows, text_columns, text_duplicate_ids
 from .loss import RecordingLoss
 from .masked_loss import FalseNegativeMaskedLoss
@@ -86,7 +88,9 @@ class HardBatchConfig:
         progress: bool | None = None,
         **method_params: Any,
     ) -> None:
-        get_method(method)  # unknown method -> ValueError now, not inside the trainer
+        # Unknown methods and bad parameters -> ValueError now, not inside the trainer (the
+        # batch size and the dataset come with the trainer's first sampler: checked there).
+        check_planning(method, method_params, n_samples=None, batch_size=None, seed=seed)
         if refresh not in REFRESH_POLICIES:
             raise ValueError(f"refresh must be one of {REFRESH_POLICIES}, got {refresh!r}")
         if duplicates not in DUPLICATE_RULES:
@@ -112,7 +116,7 @@ class HardBatchConfig:
         self.shuffle_batches = shuffle_batches
         self.embed_batch_size = embed_batch_size
         self.encode_kwargs = dict(encode_kwargs or {})
-        self.progress = progress
+        self.progress = check_optional_bool(progress, "progress")
         self.method_params = method_params
         self.samplers_: list[SentenceTransformersHardBatchSampler] = []
         self.tracker_: BatchTracker | None = None
@@ -270,6 +274,16 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
                 )
         self.for_training = bool(training)
         self._sampler: CoreHardBatchSampler | None = None
+        if self.hard:
+            # Before any embedding pass (the teacher's runs at the first use of the sampler).
+            check_planning(
+                self.config.method,
+                self.config.method_params,
+                n_samples=len(dataset),
+                batch_size=batch_size,
+                drop_last=bool(drop_last),
+                seed=self.seed,
+            )
 
     @classmethod
     def configure(cls, method: str = "gcbs", **kwargs: Any) -> HardBatchConfig:

@@ -1,0 +1,242 @@
+"""The README's figure tables, generated from the committed results files.
+
+Every table of measured figures in README.md sits between two markers::
+
+    <!-- readme-figures: NAME -->
+    | ... the table ... |
+    <!-- /readme-figures -->
+
+and NAME is one of the renderers below, each reading one results file that a benchmark script
+writes. ``--check`` (the default; also run by ``tests/test_readme_figures.py``) regenerates
+every table and reports each one that differs from the README, so a figure that no longer
+matches its results file is caught; ``--write`` puts the regenerated tables into the README
+(after re-running a benchmark, e.g. ``python examples/train_sentence_transformers.py >
+benchmarks/results/example_train_sentence_transformers.txt``).
+
+Only the tables are generated; the prose around them quotes some of their figures and is
+checked by eye when a table changes.
+
+Usage::
+
+    python benchmarks/readme_figures.py            # --check: exit status 1 when stale
+    python benchmarks/readme_figures.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+MARKER = re.compile(
+    r"(<!-- readme-figures: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /readme-figures -->)",
+    re.DOTALL,
+)
+
+
+# --------------------------------------------------------------------------- renderers
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f}"
+
+
+def gcbs_speed() -> str:
+    """``benchmarks/gcbs_speed.py`` → ``results/gcbs_speed.json``."""
+    data = json.loads((RESULTS / "gcbs_speed.json").read_text())
+    by = {(r["which"], r["n"]): r for r in data["results"]}
+    rows = [
+        "| N | (a) paper s | (b) matmul s | (c) hardbatch s | (a)/(c) | (c)/(b) | (a)/(b) "
+        "| (c) peak GiB beyond inputs | inputs GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sorted({n for _, n in by}):
+        paper, matmul, ours = by.get(("paper", n)), by[("matmul", n)], by[("hardbatch", n)]
+        a = f"{paper['seconds']:.1f}" if paper else "skipped"
+        a_c = f"{paper['seconds'] / ours['seconds']:.1f}" if paper else "skipped"
+        a_b = f"{paper['seconds'] / matmul['seconds']:.1f}" if paper else "skipped"
+        rows.append(
+            f"| {n:,} | {a} | {matmul['seconds']:.1f} | {ours['seconds']:.1f} | {a_c} | "
+            f"{ours['seconds'] / matmul['seconds']:.2f} | {a_b} | "
+            f"{_gib(ours['peak_beyond_inputs_bytes'])} | {_gib(ours['input_bytes'])} |"
+        )
+    return "\n".join(rows)
+
+
+def b3_speed() -> str:
+    """``benchmarks/b3_speed.py`` → ``results/b3_speed.json`` (its own table function)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from b3_speed import table
+    finally:
+        sys.path.pop(0)
+    return table(json.loads((RESULTS / "b3_speed.json").read_text())["results"])
+
+
+def scale() -> str:
+    """``benchmarks/scale.py`` → ``benchmarks/scale/scale.json``."""
+    rows = json.loads((ROOT / "benchmarks" / "scale" / "scale.json").read_text())
+    out = [
+        "| method | N | backend | search s | structure s | total s | CPU s | peak RSS GB | recall "
+        "| partitioner |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    methods = list(dict.fromkeys(r["method"] for r in rows))  # first appearance
+    for r in sorted(rows, key=lambda r: (methods.index(r["method"]), r["n"])):
+        recall = "–" if r["recall"] is None else f"{r['recall']:.3f}"
+        out.append(
+            f"| {r['method']} | {r['n']:,} | {r['backend']} | {r['search']:.1f} | "
+            f"{r['structure']:.1f} | {r['total']:.1f} | {r['cpu']:.0f} | "
+            f"{r['peak_rss_gb']:.2f} | {recall} | {r['partitioner'] or '–'} |"
+        )
+    return "\n".join(out)
+
+
+def scale_compare() -> str:
+    """``benchmarks/scale.py --compare-exact 20000`` → ``scale/compare_20000.json``."""
+    rows = json.loads((ROOT / "benchmarks" / "scale" / "compare_20000.json").read_text())
+    labels = {"gcbs": "gcbs (quantile 0.999)", "b3": "b3 (p = 30, m = 100)"}
+    out = ["| method | exact | faiss (recall) |", "|---|---|---|"]
+    for method, label in labels.items():
+        exact = next(r for r in rows if r["method"] == method and r["backend"] == "exact")
+        faiss = next(r for r in rows if r["method"] == method and r["backend"] == "faiss")
+        out.append(f"| {label} | {exact['gap']:.4f} | {faiss['gap']:.4f} ({faiss['recall']:.3f}) |")
+    return "\n".join(out)
+
+
+def _tables_md_table(heading: str) -> str:
+    """The first table under ``heading`` in the evidence run's ``tables.md``."""
+    text = (RESULTS / "evidence" / "full" / "tables.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    start = section.splitlines().index(lines[0])
+    table = []
+    for line in section.splitlines()[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return "\n".join(table)
+
+
+def evidence_summary() -> str:
+    """``benchmarks/evidence.py`` → ``results/evidence/full/tables.md`` (Summary)."""
+    return _tables_md_table("### Summary")
+
+
+def ablation_code() -> str:
+    """The false-negative ablation on code (``tables.md``)."""
+    return _tables_md_table("### Ablation: false negatives (code, frozen student)")
+
+
+def ablation_wordnet() -> str:
+    """The false-negative ablation on WordNet (``tables.md``)."""
+    return _tables_md_table("### Ablation: false negatives (wordnet, frozen student)")
+
+
+def _round3(text: str) -> str:
+    """A printed figure to 3 decimals, half up (``1.3755`` → ``1.376``, as a reader rounds)."""
+    return str(Decimal(text).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
+
+
+def example_training() -> str:
+    """``examples/train_sentence_transformers.py`` output →
+    ``results/example_train_sentence_transformers.txt`` (its summary table)."""
+    text = (RESULTS / "example_train_sentence_transformers.txt").read_text()
+    labels = {"gcbs": 'gcbs, `refresh="epoch"`'}
+    teacher = re.search(r"teacher pass ran once before training \(([\d.]+) s", text)
+    out = [
+        "| method | gap before (random) | gap after (random on same embeddings) "
+        "| train s/epoch | refresh s/epoch | overhead |",
+        "|---|---|---|---|---|---|",
+    ]
+    row = re.compile(
+        r"^(\w+)\s+([\d.]+) \(([\d.]+)\)\s+([\d.]+) \(([\d.]+)\)\s+\d+\s+([\d.]+)\s+"
+        r"([\d.]+)\s+([\d.]+)\s+([\d.]+)%$"
+    )
+    for line in text.splitlines():
+        m = row.match(line.strip())
+        if not m:
+            continue
+        method, before, before_r, after, after_r, train, embed, plan, overhead = m.groups()
+        parts = [f"{v} {what}" for v, what in ((embed, "embed"), (plan, "plan")) if float(v)]
+        refresh = " + ".join(parts) or "0"
+        share = "0%" if float(overhead) == 0 else f"{overhead}%"
+        if method == "b3" and teacher:
+            share += f" (+{teacher.group(1)} s teacher pass once)"
+        out.append(
+            f"| {labels.get(method, method)} | {_round3(before)} ({_round3(before_r)}) | "
+            f"{_round3(after)} ({_round3(after_r)}) | {train} | {refresh} | {share} |"
+        )
+    return "\n".join(out)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "gcbs-speed": gcbs_speed,
+    "b3-speed": b3_speed,
+    "scale": scale,
+    "scale-compare": scale_compare,
+    "evidence-summary": evidence_summary,
+    "ablation-code": ablation_code,
+    "ablation-wordnet": ablation_wordnet,
+    "example-training": example_training,
+}
+
+
+# --------------------------------------------------------------------------- check / write
+def stale_tables(readme: str) -> tuple[str, list[str]]:
+    """The README with every table regenerated, and the names of the tables that changed.
+
+    ``ValueError`` for a marker naming no renderer, or a renderer without a marker.
+    """
+    found: list[str] = []
+    changed: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in RENDERERS:
+            raise ValueError(f"README marker names no renderer: {name!r}")
+        found.append(name)
+        body = RENDERERS[name]().rstrip("\n") + "\n"
+        if body != m.group("body"):
+            changed.append(name)
+        return m.group(1) + body + m.group(4)
+
+    updated = MARKER.sub(replace, readme)
+    missing = sorted(set(RENDERERS) - set(found))
+    if missing:
+        raise ValueError(f"README has no marker for {missing}")
+    return updated, changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="report stale tables (default)")
+    mode.add_argument("--write", action="store_true", help="rewrite the tables in README.md")
+    args = parser.parse_args(argv)
+    readme = README.read_text()
+    updated, changed = stale_tables(readme)
+    if args.write:
+        README.write_text(updated)
+        print(f"rewrote {len(changed)} table(s): {', '.join(changed) or 'none'}")
+        return 0
+    if not changed:
+        print(f"README figures match the results files ({len(RENDERERS)} tables)")
+        return 0
+    diff = difflib.unified_diff(
+        readme.splitlines(), updated.splitlines(), "README.md", "from results", lineterm=""
+    )
+    print("\n".join(diff))
+    print(f"stale README table(s): {', '.join(changed)} (run with --write after checking)")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
