@@ -238,7 +238,9 @@ def test_each_sample_once_per_epoch_with_the_dial(method, drop_last, guard):
         )  # fmt: skip
     for epoch in range(3):
         batches = p.for_epoch(epoch)
-        BatchPlan(batches, method, 500, 32, seed=0, drop_last=drop_last).validate()
+        BatchPlan(
+            batches, method, 500, 32, seed=0, drop_last=drop_last, epoch_rule="fixed"
+        ).validate()
         if guard:
             for row in batches:
                 ids = dup[row[row != PAD]]

@@ -182,8 +182,8 @@ class B3(Planner):
     group_param = "groups"
     param_checks = {
         "cluster_size": lambda value, name: check_cluster_size(value),
-        "p": partial(check_positive_int, minimum=0),
-        "m": check_positive_int,
+        "p": partial(check_optional_positive_int, minimum=0),
+        "m": check_optional_positive_int,
         "mutual": check_bool,
         "partitioner": partial(check_choice, choices=("auto", *PARTITIONERS)),
         "hard_negatives": partial(check_positive_int, minimum=0),
@@ -261,7 +261,7 @@ class B3(Planner):
             )
         if n_samples is not None and fit_data.get("labels") is None:
             if fit_data.get("groups") is None:
-                check_window(self.p, self.m, n_samples)
+                check_window(*self.window(n_samples), n_samples)
 
     def _check_params(self, batch_size: int) -> tuple[int, SearchSettings]:
         """Cluster size K and the teacher search settings, after checking every parameter."""

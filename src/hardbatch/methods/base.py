@@ -204,6 +204,8 @@ class Planner:
         check_seed(self.seed)
         check_bool(self.drop_last, "drop_last")
         params = self.get_params()
+        if "hardness" in params:  # the dial of every hard method (a float or a schedule)
+            as_schedule(params["hardness"])
         for name, check in self.param_checks.items():
             check(params[name], name)
         self._check_together(n_samples, fit_data)
