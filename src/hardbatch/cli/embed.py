@@ -61,7 +61,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run ``hardbatch embed`` on parsed arguments; returns the exit status."""
     args.device = check_device(args.device)
-    check_writable(args.output, "the embeddings folder")
+    # The output is a folder (made if missing): only its parent must exist.
+    if not args.output.is_dir():
+        check_writable(args.output, "the embeddings folder")
     if args.output.exists() and not args.output.is_dir():
         raise CliError(f"-o {args.output} is a file; give a folder for the embeddings")
     start = time.perf_counter()
