@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import hardbatch
 from hardbatch import cli
@@ -26,13 +25,7 @@ pytest.importorskip("sentence_transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sentence_transformers import SentenceTransformer  # noqa: E402
-from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
-
-try:  # sentence-transformers >= 6 layout
-    from sentence_transformers.base.modules.transformer import Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-except ImportError:  # 3.x - 5.x
-    from sentence_transformers.models import Pooling, Transformer
+from tiny_bert import save_tiny_sentence_transformer  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "pairs.jsonl"
 HIDDEN, BATCH = 16, 40  # 600 pairs: 15 full batches, so a fixed-size loader stays aligned
@@ -46,29 +39,10 @@ def model_dir(tmp_path_factory):
     for line in EXAMPLE.read_text().splitlines():
         row = json.loads(line)
         counts.update(re.findall(r"[a-z]+", (row["query"] + " " + row["target"]).lower()))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(w for w, _ in counts.most_common(300))]
-    bert = tmp_path_factory.mktemp("bert")
-    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(bert / "vocab.txt"))
-    if len(tokenizer) < len(vocab):  # transformers >= 5 reads the file from vocab=, not vocab_file=
-        tokenizer = BertTokenizerFast(vocab=str(bert / "vocab.txt"))
-    assert tokenizer.tokenize("the default") == ["the", "default"]
-    tokenizer.save_pretrained(bert)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=HIDDEN,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
+    words = [w for w, _ in counts.most_common(300)]
+    return save_tiny_sentence_transformer(
+        tmp_path_factory.mktemp("bert"), tmp_path_factory.mktemp("st_model"), words
     )
-    BertModel(config).save_pretrained(bert)
-    transformer = Transformer(str(bert), max_seq_length=48)
-    model = SentenceTransformer(modules=[transformer, Pooling(HIDDEN, "mean")], device="cpu")
-    out = tmp_path_factory.mktemp("st_model")
-    model.save(str(out))
-    return out
 
 
 @pytest.fixture(scope="module")

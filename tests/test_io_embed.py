@@ -19,13 +19,7 @@ pytest.importorskip("sentence_transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sentence_transformers import SentenceTransformer  # noqa: E402
-from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
-
-try:  # sentence-transformers >= 6 layout
-    from sentence_transformers.base.modules.transformer import Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-except ImportError:  # 3.x - 5.x
-    from sentence_transformers.models import Pooling, Transformer
+from tiny_bert import save_tiny_sentence_transformer  # noqa: E402
 
 WORDS = "alpha beta gamma delta red green blue cat dog fish bird tree leaf root river".split()
 HIDDEN = 16
@@ -34,25 +28,9 @@ HIDDEN = 16
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A saved sentence-transformers model: 1-layer BERT (hidden 16) + mean pooling."""
-    bert = tmp_path_factory.mktemp("bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(bert / "vocab.txt")).save_pretrained(bert)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=HIDDEN,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
+    return save_tiny_sentence_transformer(
+        tmp_path_factory.mktemp("bert"), tmp_path_factory.mktemp("st_model"), WORDS
     )
-    BertModel(config).save_pretrained(bert)
-    transformer = Transformer(str(bert), max_seq_length=48)
-    model = SentenceTransformer(modules=[transformer, Pooling(HIDDEN, "mean")], device="cpu")
-    out = tmp_path_factory.mktemp("st_model")
-    model.save(str(out))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +191,9 @@ def test_changed_model_object_reencodes(model_dir, tmp_path):
     qa, _ = embed_pairs(pairs, a, tmp_path, progress=False)
     qa = np.array(qa)
     with torch.no_grad():
-        next(b.parameters()).add_(0.5)  # a "fine-tuned" copy
+        # A "fine-tuned" copy (random, not constant: LayerNorm would cancel a constant shift).
+        weight = next(b.parameters())
+        weight.add_(0.5 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
     assert model_identity(a) != model_identity(b)
     with pytest.warns(CacheInvalidatedWarning, match="another model"):
         qb, _ = embed_pairs(pairs, b, tmp_path, progress=False)

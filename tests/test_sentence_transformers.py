@@ -22,7 +22,7 @@ from sentence_transformers import (  # noqa: E402
     SentenceTransformerTrainer,
     SentenceTransformerTrainingArguments,
 )
-from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+from tiny_bert import save_tiny_bert  # noqa: E402
 
 try:  # sentence-transformers >= 6 layout
     from sentence_transformers.base.modules.transformer import Transformer
@@ -59,23 +59,7 @@ HIDDEN = 16
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
     """A 1-layer BERT (hidden 16, no dropout) and its WordPiece tokenizer, saved locally."""
-    path = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=HIDDEN,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config).save_pretrained(path)
-    return str(path)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), WORDS, dropout=False)
 
 
 class CallCounter:

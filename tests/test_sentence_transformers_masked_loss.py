@@ -17,9 +17,6 @@ pytest.importorskip("datasets")
 from test_sentence_transformers import (  # noqa: E402
     HIDDEN,
     WORDS,
-    BertConfig,
-    BertModel,
-    BertTokenizerFast,
     CachedMultipleNegativesRankingLoss,
     CallCounter,
     MultipleNegativesRankingLoss,
@@ -29,6 +26,7 @@ from test_sentence_transformers import (  # noqa: E402
     Transformer,
     make_dataset,
 )
+from tiny_bert import save_tiny_bert  # noqa: E402
 
 import hardbatch  # noqa: E402
 from hardbatch import EmbeddingRecorder  # noqa: E402
@@ -46,25 +44,12 @@ def words_bert_dir(tmp_path_factory):
     """A 1-layer BERT (no dropout) whose tokenizer knows the words (given as a dict: newer
     transformers ignore ``vocab_file=``, and a tokenizer that maps every word to [UNK] embeds
     all texts of a length alike, leaving nothing to mask)."""
-    path = tmp_path_factory.mktemp("words_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
-    assert "[UNK]" not in tokenizer.tokenize(" ".join(WORDS))
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=HIDDEN,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("words_bert"),
+        WORDS,
+        dropout=False,
         initializer_range=0.5,  # spread the word embeddings: texts embed apart
     )
-    BertModel(config).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture
