@@ -264,18 +264,8 @@ class B3(Planner):
                 check_window(*self.window(n_samples), n_samples)
 
     def _check_params(self, batch_size: int) -> tuple[int, SearchSettings]:
-        """Cluster size K and the teacher search settings, after checking every parameter."""
-        k = check_cluster_size(self.cluster_size)
-        if batch_size % k:
-            raise ValueError(
-                f"batch_size={batch_size} must be a multiple of cluster_size={k} "
-                "(a batch holds whole clusters)"
-            )
-        if self.p is not None:
-            check_positive_int(self.p, "p", minimum=0)
-        if self.m is not None:
-            check_positive_int(self.m, "m")
-        check_positive_int(self.hard_negatives, "hard_negatives", minimum=0)
+        """Cluster size K and the teacher search settings (every parameter was checked by
+        :meth:`check_params`, which :meth:`fit` runs before planning)."""
         settings = SearchSettings(
             backend=self.backend,
             metric=self.metric,
@@ -285,13 +275,7 @@ class B3(Planner):
             recall_rows=self.recall_rows,
             recall=self.recall,
         )
-        if self.partitioner not in ("auto", *PARTITIONERS):
-            raise ValueError(
-                f"partitioner must be one of {('auto', *PARTITIONERS)}, got {self.partitioner!r}"
-            )
-        if not isinstance(self.mutual, (bool, np.bool_)):
-            raise ValueError(f"mutual must be True or False, got {self.mutual!r}")
-        return k, settings
+        return check_cluster_size(self.cluster_size), settings
 
     # ------------------------------------------------------------------ planning
     def _plan(
