@@ -22,14 +22,21 @@ from hardbatch.methods import base as methods_base
 MARGIN = ref.MARGIN
 
 
-def make_any_plan(method, n, batch_size, drop_last, seed=0, make_pair=None):
+def make_any_plan(method, n, batch_size, drop_last, seed=0, make_pair=None, **params):
     if method == "random":
         return hardbatch.plan(
             "random", n_samples=n, batch_size=batch_size, seed=seed, drop_last=drop_last
         )
     x, y = make_pair(n, 16, seed=n)
     return hardbatch.plan(
-        "gcbs", x, y, batch_size=batch_size, seed=seed, drop_last=drop_last, quantile=0.99
+        "gcbs",
+        x,
+        y,
+        batch_size=batch_size,
+        seed=seed,
+        drop_last=drop_last,
+        quantile=0.99,
+        **params,
     )
 
 
@@ -77,8 +84,10 @@ def test_each_sample_once_per_epoch(make_pair, method, n, batch_size, drop_last)
 
 @pytest.mark.parametrize("method", ["random", "gcbs"])
 def test_drop_last_drops_exactly_the_leftovers(make_pair, method):
-    kept = make_any_plan(method, 203, 20, drop_last=False, make_pair=make_pair)
-    dropped = make_any_plan(method, 203, 20, drop_last=True, make_pair=make_pair)
+    # The method's own order (hardness=1): the dial would pool the short batch's members too.
+    params = {"hardness": 1.0} if method == "gcbs" else {}
+    kept = make_any_plan(method, 203, 20, drop_last=False, make_pair=make_pair, **params)
+    dropped = make_any_plan(method, 203, 20, drop_last=True, make_pair=make_pair, **params)
     missing = np.setdiff1d(np.arange(203), dropped.batches.ravel())
     assert len(missing) == 203 % 20
     # Same order either way: drop_last removes the last short batch and nothing else.
@@ -167,7 +176,14 @@ def test_gcbs_quantile_equals_dense_reference(pair, quantile, batch_size, drop_l
     sim = ref.dense_similarity(x, y)
     q, t = ref.separated_quantile(sim, quantile)
     plan = hardbatch.plan(
-        "gcbs", x, y, batch_size=batch_size, quantile=q, drop_last=drop_last, block_rows=64
+        "gcbs",
+        x,
+        y,
+        batch_size=batch_size,
+        quantile=q,
+        drop_last=drop_last,
+        block_rows=64,
+        hardness=1.0,  # the method's own plan: what the reference builds
     )
     threshold = plan.info["threshold"]
     assert threshold == pytest.approx(t, abs=1e-6)  # exact quantile (N <= 1000)
@@ -182,7 +198,7 @@ def test_gcbs_top_k_equals_dense_reference(pair, top_k):
     x, y = pair
     sim = ref.dense_similarity(x, y)
     assert ref.knn_margin(sim, top_k) > MARGIN
-    plan = hardbatch.plan("gcbs", x, y, batch_size=32, top_k=top_k, block_rows=100)
+    plan = hardbatch.plan("gcbs", x, y, batch_size=32, top_k=top_k, block_rows=100, hardness=1.0)
     assert plan.info["threshold"] is None
     assert plan.params["top_k"] == top_k
     assert_plan_matches_reference(plan, ref.knn_pattern(sim, top_k), sim, 32, False)
@@ -192,7 +208,7 @@ def test_gcbs_dot_metric_equals_dense_reference(make_pair):
     x, y = make_pair(240, 8, seed=9)
     sim = ref.dense_similarity(x, y, "dot")
     q, _ = ref.separated_quantile(sim, 0.98)
-    plan = hardbatch.plan("gcbs", x, y, batch_size=16, quantile=q, metric="dot")
+    plan = hardbatch.plan("gcbs", x, y, batch_size=16, quantile=q, metric="dot", hardness=1.0)
     assert ref.threshold_margin(sim, plan.info["threshold"]) > 1e-4
     pattern = ref.threshold_pattern(sim, plan.info["threshold"])
     assert_plan_matches_reference(plan, pattern, sim, 16, False)

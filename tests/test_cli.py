@@ -96,7 +96,10 @@ def test_plan_defaults_to_gcbs_with_the_method_defaults(data_files, tmp_path):
     assert run(*plan_args(data_files, out)) == 0
     loaded = BatchPlan.load(out, n_samples=N)
     defaults = hardbatch.methods.GCBS().method_params()
-    assert loaded.method == "gcbs"
+    assert loaded.method == "gcbs" and defaults["hardness"] == "auto"
+    # "auto" is recorded as the dial it resolved to (the plan file replays it).
+    assert loaded.params["hardness"] == loaded.info["hardness"]["auto"]["hardness"]
+    defaults["hardness"] = loaded.params["hardness"]
     assert loaded.params == json.loads(json.dumps(defaults))
 
 
@@ -459,8 +462,9 @@ def test_plan_takes_the_hardness_dial(data_files, tmp_path):
 
 def test_hardness_option_has_a_help_line():
     option = cli.method_options()["hardness"]
-    assert option.methods == ["b3", "gcbs"] and option.kind is float
-    assert "hardness dial" in option.help_text()
+    assert option.methods == ["b3", "gcbs"] and option.parser is not None
+    assert option.parser("auto") == "auto" and option.parser("0.25") == 0.25
+    assert "hardness dial" in option.help_text() and "auto" in option.help_text()
 
 
 def test_output_folder_is_refused_before_planning(data_files, tmp_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -11,13 +12,19 @@ import scipy.sparse as sp
 import hardbatch
 from hardbatch import PAD, BatchPlan, HardnessSchedule, NearRandomPlanWarning
 from hardbatch.hardness import (
+    AUTO_SUSPECT_FULL,
+    SUSPECT_MARGIN,
     HardnessGraph,
     as_schedule,
+    auto_dial,
     edge_share,
+    hardness_from_text,
     negative_similarity,
     random_edge_share,
     reset_near_random_warnings,
+    suspect_share,
 )
+from hardbatch.losses import false_negative_mask
 from hardbatch.metrics import batch_purity
 from hardbatch.synthetic import make_planted_pairs
 
@@ -150,7 +157,10 @@ def test_every_plan_records_its_hardness(planted, method):
 # ----------------------------------------------------------------------------- warning
 def test_near_random_plan_warns_once_naming_the_parameter():
     data = make_planted_pairs(500, 32, seed=0)
-    with pytest.warns(NearRandomPlanWarning, match=r"quantile=0\.999 \(N=500\).*lower quantile"):
+    with pytest.warns(
+        NearRandomPlanWarning,
+        match=r"quantile=0\.999, about 0\.499 pairs per row \(N=500\).*lower quantile \(e\.g\.",
+    ):
         p = hardbatch.plan("gcbs", data.queries, data.targets, batch_size=32, quantile=0.999)
     assert "isolated" in p.info["hardness"]["near_random"]
     assert p.info["hardness"]["isolated_share"] > 0.5
@@ -278,3 +288,100 @@ def test_fixed_plan_without_order_cannot_follow_a_schedule():
     )  # fmt: skip
     with pytest.raises(ValueError, match="plan.order"):
         p.for_epoch(1)
+
+
+# ----------------------------------------------------------------------------- auto
+def slow_suspect_share(queries, targets, rows, cols, margin=0.95):
+    """Reference: loop over the sampled pairs with the rule written out."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    t = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+    suspect = pairs = 0
+    for i in rows:
+        positive = float(q[i] @ t[i])
+        for j in cols:
+            if i == j:
+                continue
+            pairs += 1
+            suspect += positive > 0 and float(q[i] @ t[j]) > margin * positive
+    return suspect / pairs, pairs
+
+
+def near_duplicate_pairs(n_groups=40, per=8, d=24, noise=0.15, seed=0):
+    """Targets of a group are near copies of each other: many random pairs are suspect."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_groups, d))
+    groups = np.repeat(np.arange(n_groups), per)
+    queries = centres[groups] + noise * rng.standard_normal((groups.size, d))
+    targets = centres[groups] + noise * rng.standard_normal((groups.size, d))
+    return queries.astype(np.float32), targets.astype(np.float32)
+
+
+@pytest.mark.parametrize("rows, cols", [(2048, 4096), (50, 70)])
+def test_suspect_share_matches_the_slow_loop(rows, cols):
+    queries, targets = near_duplicate_pairs()
+    norms = (np.linalg.norm(queries, axis=1), np.linalg.norm(targets, axis=1))
+    share, pairs = suspect_share(queries, targets, norms, seed=3, rows=rows, cols=cols)
+    rng = np.random.default_rng([3, 4])  # the function's documented stream
+    n = len(queries)
+    row_ids = np.sort(rng.choice(n, size=min(rows, n), replace=False))
+    col_ids = np.sort(rng.choice(n, size=min(cols, n), replace=False))
+    want, want_pairs = slow_suspect_share(queries, targets, row_ids, col_ids)
+    assert pairs == want_pairs
+    assert share == pytest.approx(want, abs=1e-12)
+    assert 0.01 < share < 0.2  # group mates: 7 of 319 targets per row, most of them suspect
+
+
+@pytest.mark.parametrize(
+    "share, dial", [(0.0, 1.0), (0.02, 1.0), (0.04, 0.75), (0.06, 0.5), (0.3, 0.5)]
+)
+def test_auto_dial_interpolates_between_full_and_half(share, dial):
+    assert auto_dial(share) == dial
+
+
+@pytest.mark.parametrize("method", ["gcbs", "b3"])
+def test_auto_keeps_planted_groups_at_full_hardness_bit_for_bit(planted, method):
+    params = {"cluster_size": 16} if method == "b3" else {}
+    auto = hardbatch.plan(method, planted.queries, planted.targets, batch_size=64, **params)
+    one = hardbatch.plan(
+        method, planted.queries, planted.targets, batch_size=64, hardness=1.0, **params
+    )
+    assert np.array_equal(auto.batches, one.batches)
+    record = auto.info["hardness"]["auto"]
+    assert record["hardness"] == 1.0 and record["suspect_share"] < AUTO_SUSPECT_FULL
+    assert auto.params["hardness"] == 1.0 and auto.info["hardness"]["dial"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["gcbs", "b3"])
+def test_auto_mixes_when_many_pairs_are_suspect(method):
+    queries, targets = near_duplicate_pairs(n_groups=16, per=24)
+    params = {"cluster_size": 8} if method == "b3" else {}
+    auto = hardbatch.plan(method, queries, targets, batch_size=32, seed=5, **params)
+    record = auto.info["hardness"]["auto"]
+    dial = record["hardness"]
+    assert record["suspect_share"] > AUTO_SUSPECT_FULL and dial < 1.0
+    assert dial == auto_dial(record["suspect_share"]) == auto.params["hardness"]
+    same = hardbatch.plan(method, queries, targets, batch_size=32, seed=5, hardness=dial, **params)
+    assert np.array_equal(auto.batches, same.batches)  # "auto" is that dial, nothing else
+    # The plan file keeps the resolved dial: later epochs follow it.
+    assert np.array_equal(auto.for_epoch(1), same.for_epoch(1))
+
+
+def test_auto_with_one_embedding_set_is_full_hardness():
+    queries, _ = near_duplicate_pairs()
+    plan = hardbatch.plan("gcbs", queries, queries, batch_size=32)
+    assert plan.params["hardness"] == 1.0
+    assert "note" in plan.info["hardness"]["auto"]
+
+
+@pytest.mark.parametrize("bad", ["high", "", "AUTO "])
+def test_hardness_text_other_than_auto_is_refused(planted, bad):
+    with pytest.raises(ValueError, match="hardness must be 'auto'"):
+        hardbatch.plan("gcbs", planted.queries, planted.targets, batch_size=64, hardness=bad)
+
+
+def test_hardness_from_command_line_text():
+    assert hardness_from_text("auto") == "auto" and hardness_from_text(" AUTO") == "auto"
+    assert hardness_from_text("0.5") == 0.5
+    with pytest.raises(ValueError, match="'auto' or a number"):
+        hardness_from_text("hard")
+    assert SUSPECT_MARGIN == inspect.signature(false_negative_mask).parameters["margin"].default

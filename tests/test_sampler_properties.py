@@ -206,3 +206,17 @@ def test_steps_refresh_with_a_tight_guard_never_fails_mid_epoch():
         batches = list(sampler)
         assert all(sorted(ids[b].tolist()) == list(range(10)) for b in batches)
         assert sorted(sum(batches, [])) == list(range(100))
+
+
+def test_steps_refresh_plans_a_tail_smaller_than_top_k():
+    """The last re-plan of an epoch may hold fewer rows than top_k + 1: it still plans."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 6)).astype(np.float32)
+    y = x + 0.3 * rng.normal(size=x.shape).astype(np.float32)
+    sampler = HardBatchSampler(
+        n_samples=6, batch_size=2, method="gcbs", top_k=3, refresh="steps", refresh_every=2,
+        embed_fn=lambda idx: (x[idx], y[idx]),
+    )  # fmt: skip
+    sampler.set_epoch(0)
+    served = np.concatenate([np.asarray(b) for b in sampler])
+    assert sorted(served.tolist()) == list(range(6))

@@ -7,11 +7,16 @@ and the student's options (the false-negative mask). Knobs not among the benchma
 
 ``random``                 uniform random batches
 ``gcbs``                   GCBS as the evidence run had it: ``quantile=0.999`` explicitly
-``gcbs_default``           GCBS with no selection knob (whatever the library's default is)
-``gcbs_dial05``            ``gcbs_default`` + ``hardness=0.5``
+``gcbs_default``           GCBS with no knob at all: the library's defaults (selection rule
+                           and ``hardness="auto"``)
+``gcbs_full``              ``gcbs_default`` at ``hardness=1`` (the method's own batches)
+``gcbs_dial05``            ``gcbs_default`` at ``hardness=0.5``
 ``b3``                     B3 with the evidence run's p, m scaled to N, cluster size 32
-``b3_default``             B3 with no cluster_size / p / m (the library's defaults)
-``b3_dial05``              ``b3_default`` + ``hardness=0.5``
+``b3_default``             B3 with no cluster_size / p / m / hardness (the library's defaults)
+``b3_full``                ``b3_default`` at ``hardness=1``
+``b3_dial05``              ``b3_default`` at ``hardness=0.5``
+
+The recommended recipe is ``gcbs_default+mask_teacher``: the defaults and the mask's defaults.
 ``<arm>+mask_teacher``     the same batches, loss with the teacher false-negative mask
 ``<arm>+mask_self``        the same batches, loss with the student's own (detached) mask
 """
@@ -64,11 +69,13 @@ def base_arms(gcbs_method: str = "gcbs") -> list[tuple[str, str, dict]]:
     lib_b3 = {"cluster_size": LIBRARY, "p": LIBRARY, "m": LIBRARY}
     return [
         ("random", "random", {}),
-        ("gcbs", gcbs_method, {"quantile": 0.999}),
-        ("gcbs_default", gcbs_method, {"quantile": LIBRARY}),
+        ("gcbs", gcbs_method, {"quantile": 0.999, "hardness": 1.0}),
+        ("gcbs_default", gcbs_method, {"quantile": LIBRARY, "hardness": LIBRARY}),
+        ("gcbs_full", gcbs_method, {"quantile": LIBRARY, "hardness": 1.0}),
         ("gcbs_dial05", gcbs_method, {"quantile": LIBRARY, "hardness": 0.5}),
-        ("b3", "b3", {}),
-        ("b3_default", "b3", lib_b3),
+        ("b3", "b3", {"hardness": 1.0}),
+        ("b3_default", "b3", {**lib_b3, "hardness": LIBRARY}),
+        ("b3_full", "b3", {**lib_b3, "hardness": 1.0}),
         ("b3_dial05", "b3", {**lib_b3, "hardness": 0.5}),
     ]
 

@@ -83,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "m": None,
     "b3_negatives": 1,
 }
+#: GCBS / B3 without a ``hardness`` knob: the method's own batches (as the evidence run had
+#: them); ``hardness=LIBRARY`` passes nothing (the library's default, ``"auto"``).
+DEFAULT_HARDNESS = 1.0
 
 
 def passthrough_knobs(method: str, knobs: dict | None) -> dict[str, Any]:
@@ -202,6 +205,8 @@ class EpochBatches:
     negatives: list[np.ndarray | None]
     extra_forward_s: float = 0.0
     planning_s: float = 0.0
+    #: The hardness the epoch's plan was made with (its ``params["hardness"]``; GCBS / B3).
+    dial: Any = None
 
 
 @dataclass
@@ -242,7 +247,9 @@ class BatchSource:
             negatives = [self.negatives_of(epoch, b) for b in batches]
             neg_s = time.perf_counter() - t0
         # Planning = everything the sampler did that was not the embedding pass.
-        return EpochBatches(batches, negatives, embed, max(total - embed, 0.0) + neg_s)
+        plan = getattr(self.sampler, "plan_", None)  # random sources have no plan
+        dial = None if plan is None else plan.params.get("hardness")
+        return EpochBatches(batches, negatives, embed, max(total - embed, 0.0) + neg_s, dial)
 
 
 def make_source(
@@ -316,9 +323,11 @@ def make_source(
         sampler = hardbatch.HardBatchSampler(plan=plan, seed=seed)
         return BatchSource(name, sampler, setup_s=time.perf_counter() - tick, info=plan.info)
     # GCBS: quantile=LIBRARY passes no selection knob (the library's default rule).
+    hardness = extra.pop("hardness", DEFAULT_HARDNESS)
+    dial = {} if hardness == LIBRARY else {"hardness": hardness}
     gcbs_params = {} if k["quantile"] == LIBRARY else {"quantile": k["quantile"]}
-    gcbs_params.update(extra)
-    gcbs_info = {"quantile": k["quantile"], **extra}
+    gcbs_params.update(dial, **extra)
+    gcbs_info = {"quantile": k["quantile"], "hardness": hardness, **extra}
     if name == "gcbs":
         sampler = hardbatch.HardBatchSampler(
             method="gcbs", embed_fn=embed_fn, refresh="epoch", **gcbs_params, **common
@@ -364,6 +373,7 @@ def make_source(
             hard_negatives=h,
             device="cpu",
             **params,
+            **dial,
             **extra,
         )
         cluster_size, p, m = (plan.params.get(key) for key in ("cluster_size", "p", "m"))

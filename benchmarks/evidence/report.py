@@ -283,6 +283,18 @@ def _mask_suffix(arm: str) -> str:
     return arm[len(arm.split("+", 1)[0]) :]
 
 
+def _dial(runs: list[dict]) -> str:
+    """Mean hardness the arm's plans were made with (over runs and epochs; "–" for random and
+    runs recorded before the dial was logged)."""
+    dials = [
+        e["dial"]
+        for r in runs
+        for e in r.get("epochs", [])
+        if isinstance(e.get("dial"), (int, float))
+    ]
+    return f"{np.mean(dials):.2f}" if dials else "–"
+
+
 def recipe_table(runs: list[dict], metric: str) -> str:
     """One row per arm: quality, Δ vs random and vs random with the same mask (both paired by
     seed), masked and teacher-suspect shares, loss gap vs random, costs per epoch."""
@@ -294,6 +306,7 @@ def recipe_table(runs: list[dict], metric: str) -> str:
         f"test {metric}",
         "Δ vs random",
         "Δ vs random + same mask",
+        "hardness",
         "masked",
         "suspect (teacher)",
         "gap vs random",
@@ -308,6 +321,7 @@ def recipe_table(runs: list[dict], metric: str) -> str:
         row.append(_paired(base, rs, metric) if base and arm != "random" else "–")
         same = by.get("random" + _mask_suffix(arm))
         row.append(_paired(same, rs, metric) if same and same is not rs else "–")
+        row.append(_dial(rs))
         row.append(f"{100 * np.mean([r.get('masked_share', 0.0) for r in rs]):.2f}%")
         frac = [r["suspect_fraction"] for r in rs if "suspect_fraction" in r]
         row.append(f"{100 * np.mean(frac):.2f}%" if frac else "–")

@@ -93,6 +93,7 @@ def run(
             "extra_forward_s": served.extra_forward_s,
             "planning_s": served.planning_s,
             "n_batches": len(served.batches),
+            "dial": served.dial,
         }
         if measure_gap:
             t0 = time.perf_counter()

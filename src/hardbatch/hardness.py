@@ -33,6 +33,23 @@ randomness. Such a plan warns once per ``(method, reason)`` per process with a
 The dial (``hardness=`` of every hard method, :class:`HardnessSchedule` over epochs): each
 batch keeps its first ``round(h·b)`` members, and the released members of all batches are
 shuffled together into the free slots (:func:`hardbatch.batching.mix_random_fill`).
+
+``hardness="auto"`` (the default of GCBS and B3) picks the dial from the data: the share of
+**teacher-suspect pairs in random batches** — pairs ``(i, j)``, ``j != i``, whose cosine
+``s(q_i, t_j)`` exceeds ``0.95 · s(q_i, t_i)`` (the default rule and margin of
+:func:`hardbatch.losses.false_negative_mask`) — estimated on a seeded sample of
+:data:`AUTO_SAMPLE_ROWS` × :data:`AUTO_SAMPLE_COLS` pairs of the embeddings given to the plan.
+Up to :data:`AUTO_SUSPECT_FULL` the method's own batches are kept (``h = 1``); from
+:data:`AUTO_SUSPECT_HALF` on half of each batch is random fill (``h = AUTO_MIN_HARDNESS``);
+linear between. Why this signal: it is the density of near-positives that a hard batch
+concentrates (a false negative the mask may miss, or one it must mask, costing the batch a
+negative), and it separated the tasks where full hardness trained better from those where half
+did (README "Recipe"; ``benchmarks/evidence.py --parts recipe``): code search 1.1–1.9 % (full
+hardness + mask ahead of half in the issue's held-out run, +1.0 vs +0.5 MRR), WordNet
+definitions 6.9–7.4 % and a held-out text task 8 % (half hardness + mask ahead). Planted groups
+(the demo) have 0 %: their plans stay the method's own. One embedding set for both sides
+(``targets`` the same as ``queries``) has no suspect pairs, so ``h = 1``. The choice is in
+``plan.info["hardness"]["auto"]`` and the resolved value in ``plan.params["hardness"]``.
 """
 
 from __future__ import annotations
@@ -166,7 +183,10 @@ def as_schedule(value: Any) -> HardnessSchedule:
 
 def hardness_param(value: Any) -> Any:
     """``hardness=`` as recorded in ``plan.params``: a float stays a float, a schedule becomes
-    its JSON form (plan files hold JSON)."""
+    its JSON form (plan files hold JSON); ``"auto"`` stays ``"auto"`` (a fitted plan records
+    the dial it resolved to)."""
+    if is_auto(value):
+        return AUTO
     schedule = as_schedule(value)
     if isinstance(value, (HardnessSchedule, dict)):
         return schedule.to_json()
@@ -359,6 +379,113 @@ def plan_hardness(
     return stats
 
 
+# ----------------------------------------------------------------------------- auto
+#: ``hardness="auto"``: choose the dial from the data (module docstring).
+AUTO = "auto"
+#: Teacher-suspect share of random pairs up to which ``"auto"`` keeps the method's batches.
+AUTO_SUSPECT_FULL = 0.02
+#: Share from which ``"auto"`` uses :data:`AUTO_MIN_HARDNESS`.
+AUTO_SUSPECT_HALF = 0.06
+#: The lowest dial ``"auto"`` picks.
+AUTO_MIN_HARDNESS = 0.5
+#: Relative margin of the suspect rule (``false_negative_mask``'s default margin).
+SUSPECT_MARGIN = 0.95
+#: Sampled query rows and target columns of the suspect-share estimate (8.4 M pairs at most:
+#: a share of 1 % is known to about ±0.05 %; rows and columns are sampled, not all N²).
+AUTO_SAMPLE_ROWS = 2048
+AUTO_SAMPLE_COLS = 4096
+
+
+def is_auto(value: Any) -> bool:
+    """Whether ``hardness=`` asks for the data-driven dial (``"auto"``)."""
+    return isinstance(value, str) and value == AUTO
+
+
+def check_hardness_param(value: Any) -> Any:
+    """A ``hardness=`` parameter: ``"auto"`` or anything :func:`as_schedule` takes
+    (``ValueError`` naming ``hardness`` otherwise). Returns the value."""
+    if isinstance(value, str) and not is_auto(value):
+        raise ValueError(
+            f"hardness must be 'auto', a float in [0, 1] or a HardnessSchedule, got {value!r}"
+        )
+    if not is_auto(value):
+        as_schedule(value)
+    return value
+
+
+def hardness_from_text(text: str) -> str | float:
+    """``--hardness`` of the CLI: ``auto`` or a number."""
+    text = text.strip()
+    if text.lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"hardness must be 'auto' or a number in [0, 1], got {text!r}") from None
+
+
+def suspect_share(
+    queries: Any,
+    targets: Any,
+    norms: tuple[np.ndarray, np.ndarray],
+    *,
+    seed: int,
+    margin: float = SUSPECT_MARGIN,
+    rows: int = AUTO_SAMPLE_ROWS,
+    cols: int = AUTO_SAMPLE_COLS,
+) -> tuple[float, int]:
+    """Share of random pairs ``(i, j)``, ``j != i``, with ``s(q_i, t_j) > margin · s(q_i, t_i)``
+    and ``s(q_i, t_i) > 0`` (cosine; the loss's relative rule), on a seeded sample of
+    ``rows`` queries × ``cols`` targets (all when N is smaller); and the number of pairs it
+    counted."""
+    n = len(norms[0])
+    if n < 2:
+        return 0.0, 0
+    rng = np.random.default_rng([int(seed), 4])
+    row_ids = np.sort(rng.choice(n, size=min(rows, n), replace=False))
+    col_ids = np.sort(rng.choice(n, size=min(cols, n), replace=False))
+    q = _unit_rows(queries, row_ids, norms[0])
+    t = _unit_rows(targets, col_ids, norms[1])
+    positive = np.einsum("ij,ij->i", q, _unit_rows(targets, row_ids, norms[1]))
+    scores = q @ t.T
+    # As the loss's mask: only rows whose positive scores above 0 mark anything.
+    suspect = (scores > margin * positive[:, None]) & (positive > 0)[:, None]
+    same = row_ids[:, None] == col_ids[None, :]
+    pairs = int(suspect.size - same.sum())
+    share = float((suspect & ~same).sum() / pairs) if pairs else 0.0
+    return share, pairs
+
+
+def auto_dial(share: float) -> float:
+    """The dial ``"auto"`` picks for a suspect share (1 up to :data:`AUTO_SUSPECT_FULL`,
+    :data:`AUTO_MIN_HARDNESS` from :data:`AUTO_SUSPECT_HALF`, linear between; rounded to
+    0.01 so that a tiny change of the estimate does not move the plan)."""
+    span = (share - AUTO_SUSPECT_FULL) / (AUTO_SUSPECT_HALF - AUTO_SUSPECT_FULL)
+    fraction = min(max(span, 0.0), 1.0)
+    return round(1.0 - fraction * (1.0 - AUTO_MIN_HARDNESS), 2)
+
+
+def resolve_auto(
+    queries: Any, targets: Any, norms: tuple[np.ndarray, np.ndarray], *, seed: int
+) -> tuple[float, dict[str, Any]]:
+    """``hardness="auto"`` for these embeddings: ``(dial, record)``; ``record`` goes to
+    ``plan.info["hardness"]["auto"]``."""
+    same = targets is queries
+    share, pairs = (0.0, 0) if same else suspect_share(queries, targets, norms, seed=seed)
+    dial = auto_dial(share)
+    record = {
+        "hardness": dial,
+        "suspect_share": share,
+        "pairs_sampled": pairs,
+        "rule": f"s(q_i, t_j) > {SUSPECT_MARGIN} * s(q_i, t_i)",
+        "full_up_to": AUTO_SUSPECT_FULL,
+        "half_from": AUTO_SUSPECT_HALF,
+    }
+    if same:
+        record["note"] = "queries are the targets: no suspect pairs, the method's own batches"
+    return dial, record
+
+
 # ----------------------------------------------------------------------------- warning
 class NearRandomPlanWarning(UserWarning):
     """A hard method made a plan that is close to random (see :mod:`hardbatch.hardness`)."""
@@ -412,7 +539,18 @@ def reset_near_random_warnings() -> None:
 
 
 __all__ = [
+    "AUTO",
+    "AUTO_MIN_HARDNESS",
+    "AUTO_SUSPECT_FULL",
+    "AUTO_SUSPECT_HALF",
     "EDGE_SAMPLE",
+    "SUSPECT_MARGIN",
+    "auto_dial",
+    "check_hardness_param",
+    "hardness_from_text",
+    "is_auto",
+    "resolve_auto",
+    "suspect_share",
     "HardnessGraph",
     "HardnessSchedule",
     "NearRandomPlanWarning",

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .api import plan as make_plan
 from .batching import PAD
 from .distributed import torch_ddp as ddp
-from .hardness import as_schedule
+from .hardness import as_schedule, check_hardness_param, is_auto
 from .leftovers import rotating_leftovers
 from .methods import get_method
 from .methods.base import Planner
@@ -162,7 +162,7 @@ class Planning:
         self.seed = seed
         self.method_params = dict(method_params or {})
         if "hardness" in self.method_params:  # a bad dial fails now, not at the first epoch
-            as_schedule(self.method_params["hardness"])
+            check_hardness_param(self.method_params["hardness"])
         self.duplicate_ids = duplicate_ids
         self.embeddings = embeddings
         self.embed_fn = embed_fn
@@ -232,10 +232,12 @@ class Planning:
         if ddp.rank() == 0:
             n = self.n_samples if subset is None else len(subset)
             params = dict(self.method_params) if method == self.method else {}
-            if epoch is not None and "hardness" in params:
+            if epoch is not None and "hardness" in params and not is_auto(params["hardness"]):
                 params["hardness"] = as_schedule(params["hardness"]).at(epoch)
             if self.duplicate_ids is not None:
                 params["duplicate_ids"] = self.duplicate_ids
+            if subset is not None and method == self.method:
+                params = method_cls.subset_params(params, subset_samples=n)
             if subset is not None:  # per-sample arrays follow the subset
                 for key in ("duplicate_ids", *method_cls.fit_params):
                     if params.get(key) is not None:

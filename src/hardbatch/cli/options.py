@@ -67,6 +67,15 @@ class MethodOption:
     helps: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     fit_data: bool = False
+    parser: Callable[[str], Any] | None = None
+
+    @property
+    def metavar(self) -> str:
+        if self.choices:
+            return "{" + ",".join(map(str, self.choices)) + "}"
+        if self.parser is not None:
+            return "VALUE"
+        return self.kind.__name__.upper().replace("STR", "TEXT")
 
     @property
     def dest(self) -> str:
@@ -168,6 +177,7 @@ def method_options() -> dict[str, MethodOption]:
                     option.kind, option.nullable, option.choices = _resolve_type(
                         hints.get(name, inspect.Parameter.empty), default
                     )
+                    option.parser = cls.param_parsers.get(name)
                 options[name] = option
             option.methods.append(method)
             if name in cls.param_help:
@@ -218,10 +228,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, MethodOptio
             kwargs.update(action=argparse.BooleanOptionalAction)
         else:
             kwargs.update(
-                type=value_parser(option.kind, option.nullable),
-                metavar="{" + ",".join(map(str, option.choices)) + "}"
-                if option.choices
-                else option.kind.__name__.upper().replace("STR", "TEXT"),
+                type=option.parser or value_parser(option.kind, option.nullable),
+                metavar=option.metavar,
             )
             if option.choices:
                 kwargs["choices"] = list(option.choices)

@@ -313,7 +313,7 @@ def plan_on_ray(
             batch_size,
             seed,
             # Shards plan the method's own batches; the dial is applied to the merged plan.
-            {**params, **({"hardness": 1.0} if "hardness" in method_params else {})},
+            {**params, **({"hardness": 1.0} if "hardness" in cls.param_names() else {})},
         )
         for idx, params in zip(members, shard_params, strict=True)
     ]
@@ -322,7 +322,9 @@ def plan_on_ray(
 
     tick = time.perf_counter()
     merged = planner.merge_shards(results, members, n=n, seed=seed)
-    dial = merged.hardness.at(0)
+    dial, auto_record = planner.resolve_hardness(queries, targets, norms, seed)
+    if auto_record is not None:  # "auto" judged on the whole data, the merged plan records it
+        merged.params["hardness"] = dial
     if dial < 1.0:
         merged.batches = mix_random_fill(
             merged.batches, dial, mix_rng(seed, 0), sample_groups=merged.sample_groups
@@ -345,4 +347,6 @@ def plan_on_ray(
         sharded["border_k"] = int(border_k)
         seconds["border"] = time.perf_counter() - tick
     merged.info = {"sharded": sharded, "seconds": seconds}
+    if auto_record is not None:
+        merged.info["hardness"] = {"dial": dial, "auto": auto_record}
     return merged.validate()

@@ -131,8 +131,11 @@ class B3(Planner):
     recall_rows : int
         With FAISS: query rows sampled to measure recall@(p+m) against the exact search
         (``plan.info["search"]``); 0 skips it.
-    hardness : float or HardnessSchedule
-        The hardness dial (:class:`~hardbatch.Planner`): 1 (default) is B3's batches, 0 a
+    hardness : "auto", float or HardnessSchedule
+        The hardness dial (:class:`~hardbatch.Planner`). ``"auto"`` (default) picks it from
+        the data: 1 when few random pairs are teacher-suspect (code search, planted groups),
+        down to 0.5 when many are (:mod:`hardbatch.hardness`; the choice is in
+        ``plan.info["hardness"]["auto"]``). 1 is B3's batches, 0 a
         random plan; between, each batch keeps its first ``round(h·B)`` members (whole
         clusters when ``h·B`` is a multiple of K) and is filled at random. A schedule gives
         every epoch's regrouped batches (``plan.for_epoch(e)``) the hardness of epoch ``e``.
@@ -174,8 +177,9 @@ class B3(Planner):
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
         "backend": "teacher rank search: auto (default), exact or faiss (approximate IVF)",
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
-        "hardness": "hardness dial in [0, 1]: 1 = the method's batches, 0 = random, between = "
-        "each batch keeps that share and is filled at random",
+        "hardness": "hardness dial: auto (default: from the teacher-suspect share of random "
+        "pairs) or a number in [0, 1]: 1 = the method's batches, 0 = random, between = each "
+        "batch keeps that share and is filled at random",
         "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
@@ -215,7 +219,7 @@ class B3(Planner):
         progress: bool | None = None,
         backend: str = "auto",
         recall_rows: int = 256,
-        hardness: float | HardnessSchedule = 1.0,
+        hardness: float | HardnessSchedule | str = "auto",
         recall: float | None = 0.95,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last, hardness=hardness)

@@ -28,8 +28,12 @@ from ..hardness import (
     HardnessGraph,
     HardnessSchedule,
     as_schedule,
+    check_hardness_param,
+    hardness_from_text,
     hardness_param,
+    is_auto,
     plan_hardness,
+    resolve_auto,
     warn_near_random,
 )
 from ..plans import BatchPlan, check_epoch_rule
@@ -85,8 +89,11 @@ class Planner:
         Seeds every random choice. ``None`` draws a seed, which is recorded in the plan.
     drop_last : bool
         Leftover rule, see :mod:`hardbatch.batching`.
-    hardness : float or HardnessSchedule
-        The hardness dial, in [0, 1]: 1 (default) is the method's own plan, bit for bit; 0 a
+    hardness : float, HardnessSchedule or "auto"
+        The hardness dial, in [0, 1]: 1 (the base default) is the method's own plan, bit for
+        bit; ``"auto"`` (GCBS's and B3's default) picks it from the data at each fit
+        (:func:`hardbatch.hardness.resolve_auto`; recorded in ``plan.params`` and
+        ``plan.info["hardness"]["auto"]``); 0 a
         plan with random statistics; between, every batch keeps its first ``round(h·b)``
         members and the rest are dealt at random (:func:`hardbatch.batching.mix_random_fill`,
         seeded from ``(seed, epoch)``). A :class:`~hardbatch.hardness.HardnessSchedule` sets it
@@ -119,13 +126,16 @@ class Planner:
     #: The check of every method parameter, by name (``check(value, name)``, a ``ValueError``
     #: naming the parameter): run by :meth:`check_params`, i.e. by every entry point.
     param_checks: ClassVar[dict[str, ParamCheck]] = {}
+    #: Command-line text → value of parameters whose type the CLI cannot infer from the type
+    #: hint (``hardness``: ``auto`` or a number).
+    param_parsers: ClassVar[dict[str, Callable[[str], Any]]] = {"hardness": hardness_from_text}
     #: The fit array (in :attr:`fit_params`) whose groups are planned apart (B3's ``groups``):
     #: the duplicate guard's feasibility is then checked per group.
     group_param: ClassVar[str | None] = None
 
     plan_: BatchPlan
     #: The dial of a method that does not take ``hardness``: always its own plan.
-    hardness: float | HardnessSchedule = 1.0
+    hardness: float | HardnessSchedule | str = 1.0
     #: Set by :meth:`_plan` of a graph method: the graph edges the hardness statistics count
     #: (:meth:`hardbatch.hardness.HardnessGraph.from_csr`). ``None``: no statistics.
     hardness_graph_: HardnessGraph | None = None
@@ -136,7 +146,7 @@ class Planner:
         *,
         seed: int | None = 0,
         drop_last: bool = False,
-        hardness: float | HardnessSchedule = 1.0,
+        hardness: float | HardnessSchedule | str = 1.0,
     ):
         self.batch_size = batch_size
         self.seed = seed
@@ -204,8 +214,8 @@ class Planner:
         check_seed(self.seed)
         check_bool(self.drop_last, "drop_last")
         params = self.get_params()
-        if "hardness" in params:  # the dial of every hard method (a float or a schedule)
-            as_schedule(params["hardness"])
+        if "hardness" in params:  # the dial of every hard method ("auto", float, schedule)
+            check_hardness_param(params["hardness"])
         for name, check in self.param_checks.items():
             check(params[name], name)
         self._check_together(n_samples, fit_data)
@@ -251,12 +261,14 @@ class Planner:
         n, norms, batch_size, seed, codes, data = self._check_fit(
             queries, targets, n_samples, duplicate_ids, fit_data
         )
-        dial = as_schedule(self.hardness).at(0)
         start = time.perf_counter()
+        dial, auto_record = self.resolve_hardness(queries, targets, norms, seed)
         self.hardness_graph_ = None
         plan = self._plan(
             queries, targets, n=n, batch_size=batch_size, seed=seed, norms=norms, **data
         )
+        if auto_record is not None:  # the plan records the dial it was made with
+            plan.params["hardness"] = dial
         undialled = None
         if dial < 1.0:  # before the guard, so that the guard holds for the mixed batches
             undialled = plan.batches
@@ -276,11 +288,25 @@ class Planner:
                 embeddings=None if norms is None else (queries, targets, norms),
             )
             plan.info.setdefault("seconds", {})["hardness"] = time.perf_counter() - tick
+            if auto_record is not None:
+                plan.info["hardness"]["auto"] = auto_record
             rule, advice = self.near_random_hint(n)
             warn_near_random(self.name, plan.info["hardness"], n=n, rule=rule, advice=advice)
         plan.info.setdefault("seconds", {})["total"] = time.perf_counter() - start
         self.plan_ = plan.validate()
         return self
+
+    def resolve_hardness(
+        self, queries: Any, targets: Any, norms: Any, seed: int
+    ) -> tuple[float, dict[str, Any] | None]:
+        """The dial of epoch 0: ``(hardness, record)``. ``hardness="auto"`` is chosen from the
+        embeddings (:func:`hardbatch.hardness.resolve_auto`; ``record`` says how), else
+        ``record`` is None."""
+        if not is_auto(self.hardness):
+            return as_schedule(self.hardness).at(0), None
+        if norms is None:  # no embeddings to judge: the method's own batches
+            return 1.0, {"hardness": 1.0, "note": "no embeddings"}
+        return resolve_auto(queries, targets, norms, seed=seed)
 
     def near_random_hint(self, n: int) -> tuple[str, str]:
         """``(rule, advice)`` of the near-random warning: the parameters that made the graph
@@ -397,6 +423,14 @@ class Planner:
             epoch_rule=self.epoch_rule,
             **extra,
         )
+
+    # ---------------------------------------------------------------- subset planning
+    @classmethod
+    def subset_params(cls, params: dict[str, Any], *, subset_samples: int) -> dict[str, Any]:
+        """Method parameters for re-planning the ``subset_samples`` not yet served in an epoch
+        (the sampler's ``refresh="steps"``): the subset shrinks to a batch or two at the end of
+        the epoch, where a parameter bounded by N must still plan. Default: unchanged."""
+        return dict(params)
 
     # ---------------------------------------------------------------- sharded planning
     def shard_params(

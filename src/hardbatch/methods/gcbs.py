@@ -104,8 +104,11 @@ class GCBS(Planner):
     recall_rows : int
         With FAISS: query rows sampled to measure recall@k against the exact search
         (``plan.info["search"]["recall"]``; costs ``recall_rows·N·d``); 0 skips it.
-    hardness : float or HardnessSchedule
-        The hardness dial (:class:`~hardbatch.Planner`): 1 (default) is the plan above, 0 a
+    hardness : "auto", float or HardnessSchedule
+        The hardness dial (:class:`~hardbatch.Planner`). ``"auto"`` (default) picks it from
+        the data: 1 when few random pairs are teacher-suspect (code search, planted groups),
+        down to 0.5 when many are (:mod:`hardbatch.hardness`; the choice is in
+        ``plan.info["hardness"]["auto"]``). 1 is the plan above, 0 a
         random plan; between, each batch keeps the first ``round(h·B)`` samples of its run
         of the RCM order and is filled at random. Re-planned epochs use the schedule's value
         of their epoch.
@@ -139,8 +142,9 @@ class GCBS(Planner):
         "block_rows": "query rows per matmul block (default: ~256 MiB per block)",
         "backend": "neighbour search: auto (default), exact or faiss (approximate IVF)",
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
-        "hardness": "hardness dial in [0, 1]: 1 = the method's batches, 0 = random, between = "
-        "each batch keeps that share and is filled at random",
+        "hardness": "hardness dial: auto (default: from the teacher-suspect share of random "
+        "pairs) or a number in [0, 1]: 1 = the method's batches, 0 = random, between = each "
+        "batch keeps that share and is filled at random",
         "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
@@ -173,7 +177,7 @@ class GCBS(Planner):
         progress: bool | None = None,
         backend: str = "auto",
         recall_rows: int = 256,
-        hardness: float | HardnessSchedule = 1.0,
+        hardness: float | HardnessSchedule | str = "auto",
         recall: float | None = 0.95,
     ) -> None:
         super().__init__(batch_size, seed=seed, drop_last=drop_last, hardness=hardness)
@@ -278,17 +282,30 @@ class GCBS(Planner):
         return self._make_plan(batches, n=n, seed=seed, order=self.order_, info=info)
 
     def near_random_hint(self, n: int) -> tuple[str, str]:
-        """The selection rule and how to keep more pairs: a lower quantile (one keeping about
-        8 pairs per row) or ``top_k``."""
+        """The selection rule and how to keep more pairs: a quantile keeping 4× the pairs per
+        row (at least 8), or ``top_k``; and that a weakly clustered graph may gain little."""
         if self.top_k is None:
             used = default_quantile(n) if self.quantile is None else float(self.quantile)
-            lower = min(used, 1.0 - 8.0 / max(n - 1, 1))
+            kept = (1.0 - used) * max(n - 1, 1)
+            more = max(4.0 * kept, 8.0)
+            lower = max(1.0 - more / max(n - 1, 1), 0.0)
             shown = f"{used:.4g} (the default for N={n})" if self.quantile is None else used
             return (
-                f"quantile={shown}",
-                f"lower quantile (e.g. {lower:.3g}) or set top_k (e.g. top_k=8)",
+                f"quantile={shown}, about {kept:.3g} pairs per row",
+                f"lower quantile (e.g. {lower:.4g}: {more:.3g} pairs per row) or set top_k "
+                f"(e.g. top_k={min(int(round(more)), max(n - 2, 1))}); if neither helps, this "
+                "data's neighbour graph is weakly clustered and hard batches gain little on it",
             )
         return f"top_k={self.top_k}", "change top_k (4-16 kept planted groups together best)"
+
+    @classmethod
+    def subset_params(cls, params, *, subset_samples):
+        """``top_k`` is at most the subset's ``N - 1``: the last re-plan of an epoch may hold
+        fewer rows than ``top_k + 1`` (every row then keeps all the others)."""
+        params = dict(params)
+        if params.get("top_k") is not None:
+            params["top_k"] = min(int(params["top_k"]), max(subset_samples - 1, 1))
+        return params
 
     def shard_params(self, params, *, n_samples, shard_samples):
         """The quantile is relative to N (``1 - q`` of the ``N - 1`` pairs of a row are kept):
