@@ -177,7 +177,99 @@ def example_training() -> str:
     return "\n".join(out)
 
 
+#: The recipe table's columns: (label, results folder under results/evidence, group key,
+#: metric). Each folder is written by ``benchmarks/evidence.py --parts recipe`` (README says
+#: which command).
+RECIPE_COLUMNS = [
+    ("code, frozen (full corpus)", "recipe_full/frozen_code", "recipe_frozen_code", "mrr"),
+    ("code, frozen", "recipe/frozen_code", "recipe_frozen_code", "mrr"),
+    ("code, static", "recipe/static_code", "recipe_static_code", "mrr"),
+    ("code, top layers fine-tuned", "recipe/finetune_top_code", "recipe_finetune_top_code", "mrr"),
+    ("WordNet, frozen", "recipe/frozen_wordnet", "recipe_frozen_wordnet", "mrr"),
+    ("WordNet, static", "recipe/static_wordnet", "recipe_static_wordnet", "mrr"),
+    ("digits, SimCLR CNN", "recipe/frozen_digits", "recipe_frozen_digits", "knn_acc"),
+]
+#: The recipe table's rows: (label, arm); the recipe is the defaults + the teacher mask.
+RECIPE_ROWS = [
+    ("random + teacher mask", "random+mask_teacher"),
+    ("GCBS, paper's quantile 0.999", "gcbs"),
+    ("GCBS defaults, no mask", "gcbs_default"),
+    ("GCBS defaults at `hardness=1`, no mask", "gcbs_full"),
+    ("GCBS defaults at `hardness=1` + mask", "gcbs_full+mask_teacher"),
+    ("GCBS defaults at `hardness=0.5` + mask", "gcbs_dial05+mask_teacher"),
+    ("B3 as the evidence run had it (`hardness=1`)", "b3"),
+    ("B3 defaults at `hardness=1` + mask", "b3_full+mask_teacher"),
+    ('B3 defaults (`hardness="auto"`) + mask', "b3_default+mask_teacher"),
+    ('**recipe: GCBS defaults (`hardness="auto"`) + mask**', "gcbs_default+mask_teacher"),
+]
+RECIPE = "gcbs_default+mask_teacher"
+
+
+def _paired_delta(base: list[dict], runs: list[dict], metric: str) -> str:
+    """``mean(run - base)`` ± std (ddof 1) over the seeds both have, ×100 (as the evidence
+    report's tables)."""
+    a = {r["seed"]: r["test"][metric] for r in base}
+    b = {r["seed"]: r["test"][metric] for r in runs}
+    d = [100 * (b[s] - a[s]) for s in sorted(set(a) & set(b))]
+    if not d:
+        return "–"
+    mean = sum(d) / len(d)
+    if len(d) == 1:
+        return f"{mean:+.1f}".replace("-", "−")
+    std = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+    return f"{mean:+.1f} ± {std:.1f}".replace("-", "−")
+
+
+def _recipe_arms(folder: str, key: str) -> dict[str, list[dict]]:
+    path = RESULTS / "evidence" / folder / "results.json"
+    if not path.exists():
+        return {}
+    by: dict[str, list[dict]] = {}
+    for run in json.loads(path.read_text())["runs"].get(key, []):
+        by.setdefault(run["arm"], []).append(run)
+    return by
+
+
+def recipe() -> str:
+    """``benchmarks/evidence.py --parts recipe`` → ``results/evidence/recipe*/*/results.json``:
+    the metric of random, every arm's Δ vs random, and the recipe's Δ vs random + the same
+    mask (all paired by seed; seeds in brackets)."""
+    columns = [(label, _recipe_arms(folder, key), metric) for label, folder, key, metric in
+               RECIPE_COLUMNS]  # fmt: skip
+    out = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    cells = []
+    for _, by, metric in columns:
+        rs = by.get("random", [])
+        values = [100 * r["test"][metric] for r in rs]
+        if not values:
+            cells.append("–")
+            continue
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        cells.append(f"{mean:.1f} ± {std:.1f} ({len(values)})")
+    out.append("| random (test MRR / kNN acc. ×100, seeds) | " + " | ".join(cells) + " |")
+    for label, arm in RECIPE_ROWS:
+        row = [_paired_delta(by.get("random", []), by[arm], m) if arm in by else "–"
+               for _, by, m in columns]  # fmt: skip
+        out.append(f"| {label} | " + " | ".join(row) + " |")
+    row = [
+        _paired_delta(by["random+mask_teacher"], by[RECIPE], m)
+        if RECIPE in by and "random+mask_teacher" in by
+        else "–"
+        for _, by, m in columns
+    ]
+    out.append("| **recipe vs random + teacher mask** | " + " | ".join(row) + " |")
+    dials = []
+    for _, by, _m in columns:
+        values = [e["dial"] for r in by.get(RECIPE, []) for e in r.get("epochs", [])
+                  if isinstance(e.get("dial"), (int, float))]  # fmt: skip
+        dials.append(f"{sum(values) / len(values):.2f}" if values else "–")
+    out.append("| recipe's mean `hardness` (auto) | " + " | ".join(dials) + " |")
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "recipe": recipe,
     "gcbs-speed": gcbs_speed,
     "b3-speed": b3_speed,
     "scale": scale,

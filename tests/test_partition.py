@@ -172,3 +172,29 @@ def test_metis_error_in_the_child_process_is_reported(window_graph_small, monkey
             partition._metis(window_graph_small, 25, 0, isolate=True)
     with pytest.raises(ValueError, match="boom"):
         partition._metis(window_graph_small, 25, 0, isolate=False)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(os, "fork"), reason="needs fork, /proc"
+)
+def test_a_stalled_metis_child_is_replaced_then_run_in_process(window_graph_small, monkeypatch):
+    """A child that deadlocks (here: sleeps, as one waiting on a lock copied taken) is killed
+    and retried; after the last stall METIS runs in-process, with a warning."""
+    import time
+
+    from hardbatch.structure import partition
+
+    parent = os.getpid()
+    real = partition._metis_labels
+
+    def stalls_in_child(pattern, n_parts, seed):
+        if os.getpid() != parent:
+            time.sleep(3600)
+        return real(pattern, n_parts, seed)
+
+    monkeypatch.setattr(partition, "_metis_labels", stalls_in_child)
+    monkeypatch.setattr(partition, "CHILD_STALL_S", 0.3)
+    monkeypatch.setattr(partition, "CHILD_ATTEMPTS", 2)
+    with pytest.warns(RuntimeWarning, match="stalled 2 times"):
+        labels = partition._metis(window_graph_small, 25, 0, isolate=True)
+    np.testing.assert_array_equal(labels, real(window_graph_small, 25, 0))

@@ -26,7 +26,9 @@ library's process-wide ``rand()``, so another thread calling ``rand()`` while ME
 changes the partition, whatever the seed (seen in Ray workers, whose service threads do).
 When the process has other threads, METIS therefore runs in a forked single-threaded child
 process (POSIX; the graph is shared copy-on-write, only the labels come back), where nothing
-else draws from ``rand()``. On platforms without ``fork`` it runs in-process.
+else draws from ``rand()``. On platforms without ``fork`` it runs in-process. A child forked
+while another thread held a lock (glibc's ``rand()`` lock, say) would wait forever: the parent
+watches the child's CPU time and replaces a stalled child (:func:`_in_forked_child`).
 
 Isolated nodes (no edge) are placed by both: METIS spreads them over parts to balance sizes;
 Leiden makes each a part of its own (the cluster stage then pools them).
@@ -38,7 +40,10 @@ import math
 import os
 import pickle
 import random
+import select
+import signal
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -216,16 +221,52 @@ def _has_other_threads() -> bool:
         return True
 
 
+#: A forked child whose CPU time has not moved for this many seconds, with no result yet, is
+#: deadlocked (module docstring) and is replaced; METIS itself never waits.
+CHILD_STALL_S = 10.0
+#: Forks tried before METIS runs in-process (with a warning).
+CHILD_ATTEMPTS = 3
+
+
 def _in_forked_child(fn, *args):
-    """``fn(*args)`` computed in a forked child process, its result pickled back."""
+    """``fn(*args)`` computed in a forked child process, its result pickled back.
+
+    A fork copies locks in the state other threads hold them: a thread inside ``rand()`` at
+    the fork leaves glibc's random lock taken for good in the child, whose METIS then waits
+    forever. The parent watches the child's CPU time (Linux ``/proc``); a child idle for
+    :data:`CHILD_STALL_S` with no result is killed and the fork retried, and after
+    :data:`CHILD_ATTEMPTS` stalls ``fn`` runs in-process with a ``RuntimeWarning`` (its
+    partition may then depend on the other threads' ``rand()`` calls).
+    """
     import pymetis  # noqa: F401  (imported before the fork: the child only computes)
 
+    for _ in range(CHILD_ATTEMPTS):
+        data = _fork_once(fn, args)
+        if data is not None:
+            break
+    else:
+        warnings.warn(
+            f"METIS's forked child process stalled {CHILD_ATTEMPTS} times (a lock taken by "
+            "another thread at the fork); METIS runs in this process instead, where another "
+            "thread's rand() calls can change its partition",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return fn(*args)
+    if data[:1] == b"\1":
+        raise RuntimeError(f"METIS failed: {pickle.loads(data[1:])}")
+    return pickle.loads(data[1:])
+
+
+def _fork_once(fn, args) -> bytes | None:
+    """One forked run of ``fn(*args)``: the child's payload, or None if it stalled."""
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     with warnings.catch_warnings():
         # Python >= 3.12 warns that forking a multi-threaded process may deadlock the child;
-        # the child here only runs METIS on memory it already has and exits.
+        # the child here only runs METIS on memory it already has and exits (and a deadlocked
+        # child is detected and replaced).
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: compute, write, leave without running any cleanup
@@ -242,14 +283,40 @@ def _in_forked_child(fn, *args):
         finally:
             os._exit(code)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
+    chunks: list[bytes] = []
+    cpu, idle_since = _cpu_ticks(pid), time.monotonic()
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], 0.5)
+            if ready:
+                chunk = pipe.read(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                idle_since = time.monotonic()
+                continue
+            now_cpu = _cpu_ticks(pid)
+            if now_cpu is None or now_cpu != cpu or chunks:
+                cpu, idle_since = now_cpu, time.monotonic()
+            elif time.monotonic() - idle_since > CHILD_STALL_S:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None
     _, status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
     if not data:
         raise RuntimeError(f"METIS's child process ended without a result (wait status {status})")
-    if data[:1] == b"\1":
-        raise RuntimeError(f"METIS failed: {pickle.loads(data[1:])}")
-    return pickle.loads(data[1:])
+    return data
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User + system CPU ticks of process ``pid`` (None where ``/proc`` cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _leiden(pattern: sp.csr_matrix, seed: int, resolution: float | None, cap: int) -> np.ndarray:
