@@ -804,7 +804,7 @@ def main(argv=None) -> int:
     cfg = PROFILES[profile]
     if args.seeds is not None:  # fewer seeds for every recipe student (a cheaper run)
         cfg = copy.deepcopy(cfg)
-        for student in ("frozen", "static", "finetune_top"):
+        for student in args.students:
             seeds = cfg["recipe"][student]["seeds"]
             if not 1 <= args.seeds <= len(seeds):
                 raise SystemExit(f"--seeds must be in 1..{len(seeds)} for profile {profile!r}")

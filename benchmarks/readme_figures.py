@@ -182,6 +182,7 @@ def example_training() -> str:
 #: which command).
 RECIPE_COLUMNS = [
     ("code, frozen (full corpus)", "recipe_full/frozen_code", "recipe_frozen_code", "mrr"),
+    ("code, static (full corpus)", "recipe_full/static_code", "recipe_static_code", "mrr"),
     ("code, frozen", "recipe/frozen_code", "recipe_frozen_code", "mrr"),
     ("code, static", "recipe/static_code", "recipe_static_code", "mrr"),
     ("code, top layers fine-tuned", "recipe/finetune_top_code", "recipe_finetune_top_code", "mrr"),
