@@ -269,7 +269,16 @@ def recipe() -> str:
     return "\n".join(out)
 
 
+def mining() -> str:
+    """``benchmarks/mining_vs_st.py --n 100000 > results/mining_vs_st_100000.txt``: the table
+    printed after the machine line."""
+    text = (RESULTS / "mining_vs_st_100000.txt").read_text()
+    tail = text.split("\nN = ", 1)[1]
+    return "\n".join(line for line in tail.splitlines() if line.startswith("|"))
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "mining": mining,
     "recipe": recipe,
     "gcbs-speed": gcbs_speed,
     "b3-speed": b3_speed,
