@@ -34,6 +34,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The recipe table pairs runs as the evidence report's own tables do (one implementation).
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from evidence import report  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 
@@ -207,18 +211,9 @@ RECIPE = "gcbs_default+mask_teacher"
 
 
 def _paired_delta(base: list[dict], runs: list[dict], metric: str) -> str:
-    """``mean(run - base)`` ± std (ddof 1) over the seeds both have, ×100 (as the evidence
-    report's tables)."""
-    a = {r["seed"]: r["test"][metric] for r in base}
-    b = {r["seed"]: r["test"][metric] for r in runs}
-    d = [100 * (b[s] - a[s]) for s in sorted(set(a) & set(b))]
-    if not d:
-        return "–"
-    mean = sum(d) / len(d)
-    if len(d) == 1:
-        return f"{mean:+.1f}".replace("-", "−")
-    std = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
-    return f"{mean:+.1f} ± {std:.1f}".replace("-", "−")
+    """The evidence report's paired Δ (``mean(run - base)`` ± std over common seeds, ×100),
+    with a typographic minus."""
+    return report._paired(base, runs, metric).replace("-", "−")
 
 
 def _recipe_arms(folder: str, key: str) -> dict[str, list[dict]]:
@@ -238,16 +233,12 @@ def recipe() -> str:
     columns = [(label, _recipe_arms(folder, key), metric) for label, folder, key, metric in
                RECIPE_COLUMNS]  # fmt: skip
     out = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    cells = []
-    for _, by, metric in columns:
-        rs = by.get("random", [])
-        values = [100 * r["test"][metric] for r in rs]
-        if not values:
-            cells.append("–")
-            continue
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-        cells.append(f"{mean:.1f} ± {std:.1f} ({len(values)})")
+    cells = [
+        f"{report._ms([r['test'][m] for r in by['random']])} ({len(by['random'])})"
+        if by.get("random")
+        else "–"
+        for _, by, m in columns
+    ]
     out.append("| random (test MRR / kNN acc. ×100, seeds) | " + " | ".join(cells) + " |")
     for label, arm in RECIPE_ROWS:
         row = [_paired_delta(by.get("random", []), by[arm], m) if arm in by else "–"
@@ -260,11 +251,7 @@ def recipe() -> str:
         for _, by, m in columns
     ]
     out.append("| **recipe vs random + teacher mask** | " + " | ".join(row) + " |")
-    dials = []
-    for _, by, _m in columns:
-        values = [e["dial"] for r in by.get(RECIPE, []) for e in r.get("epochs", [])
-                  if isinstance(e.get("dial"), (int, float))]  # fmt: skip
-        dials.append(f"{sum(values) / len(values):.2f}" if values else "–")
+    dials = [report._dial(by.get(RECIPE, [])) for _, by, _m in columns]
     out.append("| recipe's mean `hardness` (auto) | " + " | ".join(dials) + " |")
     return "\n".join(out)
 

@@ -61,11 +61,29 @@ class RefreshPolicy:
         embed_fn_given: bool,
         embeddings_given: bool,
     ) -> None:
-        """Raise ``ValueError`` when this policy cannot serve the given combination."""
+        """Raise ``ValueError`` when this policy cannot serve the given combination: the
+        checks every policy shares, then the policy's own (:meth:`_check_own`)."""
         if plan_given and cls.replans:
             raise ValueError(f"a given plan is static: refresh={cls.name!r} needs plan=None")
         if cls.needs_embed_fn and not embed_fn_given:
             raise ValueError(f"refresh={cls.name!r} needs embed_fn=")
+        cls._check_own(
+            method_cls=method_cls,
+            plan_given=plan_given,
+            embed_fn_given=embed_fn_given,
+            embeddings_given=embeddings_given,
+        )
+
+    @classmethod
+    def _check_own(
+        cls,
+        *,
+        method_cls: type[Planner],
+        plan_given: bool,
+        embed_fn_given: bool,
+        embeddings_given: bool,
+    ) -> None:
+        """The policy's own checks, after the shared ones (hook; default: none)."""
 
     @classmethod
     def build(
@@ -151,13 +169,7 @@ class NeverRefresh(RefreshPolicy):
             self.plan_ = self.planning.plan_ = plan_from_state(state["plan"])
 
     @classmethod
-    def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
-        super().check(
-            method_cls=method_cls,
-            plan_given=plan_given,
-            embed_fn_given=embed_fn_given,
-            embeddings_given=embeddings_given,
-        )
+    def _check_own(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
         if not plan_given and method_cls.uses_embeddings:
             if not (embeddings_given or embed_fn_given):
                 raise ValueError(
@@ -235,13 +247,7 @@ class RecordedRefresh(RefreshPolicy):
         self._planned_stamp: int | None = None
 
     @classmethod
-    def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
-        super().check(
-            method_cls=method_cls,
-            plan_given=plan_given,
-            embed_fn_given=embed_fn_given,
-            embeddings_given=embeddings_given,
-        )
+    def _check_own(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
         if not method_cls.uses_embeddings:
             raise ValueError(f"method {method_cls.name!r} reads no embeddings: nothing to record")
 
@@ -332,13 +338,7 @@ class StepsRefresh(RefreshPolicy):
         self._resume: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None
 
     @classmethod
-    def check(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
-        super().check(
-            method_cls=method_cls,
-            plan_given=plan_given,
-            embed_fn_given=embed_fn_given,
-            embeddings_given=embeddings_given,
-        )
+    def _check_own(cls, *, method_cls, plan_given, embed_fn_given, embeddings_given) -> None:
         if not method_cls.replans_each_epoch:
             raise ValueError(
                 f"refresh='steps' re-plans the rest of an epoch; method {method_cls.name!r} keeps "
