@@ -84,6 +84,12 @@ PROFILES = {
                 "top_layers": 2,
                 "gcbs_method": "gcbs_rec",
             },
+            "finetune": {
+                "limit": {"train": 256, "valid": 64, "test": 128},
+                "seeds": [0],
+                "steps": 4,
+                "gcbs_method": "gcbs_rec",
+            },
         },
     },
     # The full profile is sized for one run of about 1.5-2 h on a quiet 2-core CPU (the
@@ -118,6 +124,15 @@ PROFILES = {
                 # Recorded refresh: no extra pass (the fine-tune's product path).
                 "gcbs_method": "gcbs_rec",
             },
+            # The whole model fine-tuned (--students finetune): ~5 s a step on the 2-core
+            # CPU, so on a CPU this is the top-layers student's subset and steps; the gpu
+            # profile trains it on the whole corpus.
+            "finetune": {
+                "limit": {"train": 1600, "valid": 200, "test": 1000},
+                "seeds": [0, 1, 2],
+                "steps": 150,
+                "gcbs_method": "gcbs_rec",
+            },
         },
     },
 }
@@ -139,6 +154,20 @@ PROFILES["recipe"] = {
         },
     },
 }
+# The full fine-tune on a GPU (--profile gpu --students finetune --device cuda): the whole
+# code corpus (16 209 training pairs), 2 epochs (508 steps of 64), 3 seeds.
+PROFILES["gpu"] = {
+    **PROFILES["full"],
+    "recipe": {
+        **PROFILES["full"]["recipe"],
+        "finetune": {
+            "limit": {"train": None, "valid": None, "test": None},
+            "seeds": [0, 1, 2],
+            "epochs": 2,
+            "gcbs_method": "gcbs_rec",
+        },
+    },
+}
 TASKS = ("code", "wordnet", "digits", "finetune")
 PARTS = ("main", "sweep", "ablation", "recipe")
 #: Students of ``--parts recipe`` and the tasks each trains on.
@@ -146,7 +175,11 @@ RECIPE_STUDENTS = {
     "frozen": ("code", "wordnet", "digits"),
     "static": ("code", "wordnet"),
     "finetune_top": ("finetune",),
+    "finetune": ("finetune",),
 }
+#: Students of a recipe run that names none: the whole-model fine-tune is asked for by name
+#: (hours on a CPU; --profile gpu on a GPU).
+DEFAULT_RECIPE_STUDENTS = ("frozen", "static", "finetune_top")
 DIGITS_METHODS = ("random", "hn1", "tas", "gcbs", "gcbs_rec", "b3", "b3_hn")
 
 
@@ -413,8 +446,11 @@ class RecipeGroup:
         return f"recipe_{self.student}_{self.task}"
 
 
-def recipe_groups(text: dict, students, tasks, rcfg: dict) -> list[RecipeGroup]:
-    """The (student, task) groups to run, inputs prepared (tokenised, lower states cached)."""
+def recipe_groups(
+    text: dict, students, tasks, rcfg: dict, device: str = "cpu"
+) -> list[RecipeGroup]:
+    """The (student, task) groups to run, inputs prepared (tokenised, lower states cached);
+    ``device``: where the whole-model fine-tune trains."""
     groups = []
     fcfg, scfg = rcfg["frozen"], rcfg["static"]
     for name in ("code", "wordnet"):
@@ -511,6 +547,26 @@ def recipe_groups(text: dict, students, tasks, rcfg: dict) -> list[RecipeGroup]:
                 prepare_s=prep,
             )
         )
+    if "finetune" in students and "finetune" in tasks and "code" in text:
+        ft = rcfg["finetune"]
+        texts, teacher, dup = finetune_subset(text["code"], ft["limit"])
+        groups.append(
+            RecipeGroup(
+                "finetune",
+                "code",
+                lambda seed, opts, texts=texts, teacher=teacher: FineTuneStudent(
+                    texts, seed=seed, teacher=teacher, device=device, **opts
+                ),
+                len(dup),
+                teacher,
+                dup,
+                # Either a step budget (the CPU subset) or whole epochs (the GPU corpus).
+                epochs=ft.get("epochs", 10**6),
+                max_steps=ft.get("steps"),
+                seeds=ft["seeds"],
+                gcbs_method=ft["gcbs_method"],
+            )
+        )
     return groups
 
 
@@ -563,11 +619,13 @@ def estimate_group(group: RecipeGroup, arms, cost: dict, gap_seeds: int, batch_s
     return total
 
 
-def recipe_run_group(group: RecipeGroup, arms, gap_seeds: int) -> list[dict]:
+def recipe_run_group(group: RecipeGroup, arms, gap_seeds: int, on_run=None) -> list[dict]:
+    """Every arm × seed of ``group``, seed by seed (a run cut short leaves whole seeds of
+    every arm: paired comparisons); ``on_run(runs so far)`` after each run."""
     out = []
-    for arm in arms:
-        method = group.gcbs_method if arm.method == "gcbs" else arm.method
-        for k, seed in enumerate(group.seeds):
+    for k, seed in enumerate(group.seeds):
+        for arm in arms:
+            method = group.gcbs_method if arm.method == "gcbs" else arm.method
             tick = time.perf_counter()
             student = group.make(seed, dict(arm.student))
             hook = None if group.on_epoch_start is None else group.on_epoch_start(student, seed)
@@ -594,17 +652,29 @@ def recipe_run_group(group: RecipeGroup, arms, gap_seeds: int) -> list[dict]:
                 f"{100 * r['test'][group.metric]:.1f}, masked {100 * r['masked_share']:.1f}% "
                 f"({r['wall_s']:.0f} s)"
             )
+            if on_run is not None:
+                on_run(out)
     return out
 
 
-def recipe_part(text, students, tasks, rcfg, arm_names, results, out_dir, estimate_only=False):
+def recipe_part(
+    text,
+    students,
+    tasks,
+    rcfg,
+    arm_names,
+    results,
+    out_dir,
+    estimate_only=False,
+    device="cpu",
+):
     """``--parts recipe``: fail fast on unknown knobs, estimate, then train every group."""
     groups_arms = {}
     for student in students:
-        gm = rcfg["finetune_top"]["gcbs_method"] if student == "finetune_top" else "gcbs"
+        gm = rcfg.get(student, {}).get("gcbs_method", "gcbs")
         groups_arms[student] = select(recipe_arms(gm), arm_names)
         check_arms(groups_arms[student])  # before anything slow
-    groups = recipe_groups(text, students, tasks, rcfg)
+    groups = recipe_groups(text, students, tasks, rcfg, device=device)
     if not groups:
         log("recipe: no (student, task) to run with these --tasks / --students")
         return
@@ -631,12 +701,15 @@ def recipe_part(text, students, tasks, rcfg, arm_names, results, out_dir, estima
         return
     for g in groups:
         log(f"recipe: {g.student} student on {g.task}")
-        new = recipe_run_group(g, groups_arms[g.student], rcfg["gap_seeds"])
         # --merge: a group's runs of other arms stay (the arms run now replace theirs).
-        ran = {r["arm"] for r in new}
+        ran = {a.name for a in groups_arms[g.student]}
         kept = [r for r in results["runs"].get(g.key, []) if r["arm"] not in ran]
-        results["runs"][g.key] = kept + new
-        save_partial(results, out_dir)
+
+        def save(new, g=g, kept=kept):
+            results["runs"][g.key] = kept + new
+            save_partial(results, out_dir)
+
+        save(recipe_run_group(g, groups_arms[g.student], rcfg["gap_seeds"], on_run=save))
 
 
 # --------------------------------------------------------------------------- estimate
@@ -740,9 +813,17 @@ def main(argv=None) -> int:
         "--students",
         nargs="+",
         choices=tuple(RECIPE_STUDENTS),
-        default=list(RECIPE_STUDENTS),
+        default=list(DEFAULT_RECIPE_STUDENTS),
         help="students of --parts recipe (frozen: code, wordnet, digits; static: code,\n"
-        "wordnet; finetune_top: the code subset, needs 'finetune' in --tasks)",
+        "wordnet; finetune_top: the code subset, needs 'finetune' in --tasks; finetune:\n"
+        "the whole model, asked for by name, e.g. --profile gpu --device cuda).\n"
+        f"Default: {' '.join(DEFAULT_RECIPE_STUDENTS)}",
+    )
+    ap.add_argument(
+        "--device",
+        default=None,
+        help="where the whole-model fine-tune trains (default: cuda if torch sees a GPU,\n"
+        "else cpu); every other student, the planners and the masks run on the CPU",
     )
     ap.add_argument(
         "--arms",
@@ -779,6 +860,13 @@ def main(argv=None) -> int:
         default=None,
         help="--parts recipe: the first N of the profile's seeds, for every student",
     )
+    ap.add_argument(
+        "--seed-list",
+        type=int,
+        nargs="+",
+        default=None,
+        help="--parts recipe: exactly these seeds, for every student",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="output folder")
     ap.add_argument(
@@ -802,6 +890,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     profile = args.profile or ("quick" if args.quick else "full")
     cfg = PROFILES[profile]
+    if args.seed_list:  # these seeds of the profile only (e.g. the rest of a cut-short run)
+        cfg = copy.deepcopy(cfg)
+        for student in args.students:
+            cfg["recipe"][student]["seeds"] = list(args.seed_list)
     if args.seeds is not None:  # fewer seeds for every recipe student (a cheaper run)
         cfg = copy.deepcopy(cfg)
         for student in args.students:
@@ -835,6 +927,7 @@ def main(argv=None) -> int:
                 "threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(),
                 "machine": platform.machine(),
+                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             },
             "data": {},
             "runs": {},
@@ -906,6 +999,7 @@ def main(argv=None) -> int:
             results,
             out_dir,
             estimate_only=args.estimate_only,
+            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         )
         if args.estimate_only:
             print(json.dumps(results["recipe"], indent=1, default=_json_default))
@@ -1053,6 +1147,7 @@ RECIPE_TITLES = {
     "frozen": "frozen MiniLM + heads",
     "static": "static embeddings (MiniLM token table + linear map), end to end",
     "finetune_top": "MiniLM, top layers fine-tuned over cached lower layers (MNRL)",
+    "finetune": "MiniLM, every layer fine-tuned (MNRL)",
     "digits": "SimCLR CNN on augmented digits (kNN accuracy)",
 }
 
@@ -1080,7 +1175,7 @@ def recipe_render(results: dict) -> list[str]:
     for key in keys:
         runs = results["runs"][key]
         student, task = key.removeprefix("recipe_").split("_", 1)
-        if student == "finetune":  # "finetune_top_code"
+        if student == "finetune" and task.startswith("top_"):  # "finetune_top_code"
             student, task = "finetune_top", task.removeprefix("top_")
         metric = groups[key.removeprefix("recipe_")][1]
         steps = runs[0]["steps"]

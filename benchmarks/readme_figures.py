@@ -187,6 +187,12 @@ def example_training() -> str:
 RECIPE_COLUMNS = [
     ("code, frozen (full corpus)", "recipe_full/frozen_code", "recipe_frozen_code", "mrr"),
     ("code, static (full corpus)", "recipe_full/static_code", "recipe_static_code", "mrr"),
+    (
+        "code, fine-tuned (full corpus, GPU)",
+        "recipe_gpu/finetune_code",
+        "recipe_finetune_code",
+        "mrr",
+    ),  # fmt: skip
     ("code, frozen", "recipe/frozen_code", "recipe_frozen_code", "mrr"),
     ("code, static", "recipe/static_code", "recipe_static_code", "mrr"),
     ("code, top layers fine-tuned", "recipe/finetune_top_code", "recipe_finetune_top_code", "mrr"),
@@ -264,7 +270,43 @@ def mining() -> str:
     return "\n".join(line for line in tail.splitlines() if line.startswith("|"))
 
 
+def recall_defaults() -> str:
+    """``benchmarks/recall.py defaults N --family F --out`` → the "Defaults with the FAISS
+    search" sections of ``results/recall.md`` (the latest of each data set and N), one row per
+    method and data set."""
+    text = (RESULTS / "recall.md").read_text()
+    head = re.compile(r"^### Defaults with the FAISS search: (?P<what>.+?), N = (?P<n>[\d,]+)$")
+    latest: dict[tuple[str, str], list[str]] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = head.match(line)
+        if not m:
+            continue
+        rows = []
+        for row in lines[i + 1 :]:
+            if row.startswith("### "):
+                break
+            if row.startswith("| gcbs ") or row.startswith("| b3 "):
+                rows.append(row)
+        latest[(m.group("what"), m.group("n"))] = rows
+    out = [
+        "| data | N | method | k searched | recall | widening steps | candidates / list | "
+        "lists probed | plan s | warning |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (what, n), rows in latest.items():
+        for row in rows:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            method, k, rec, _target, steps, cands, probed, secs, warn = cells
+            out.append(
+                f"| {what} | {n} | {method} | {k} | {rec} | {steps} | {cands} | {probed} "
+                f"| {secs} | {warn} |"
+            )
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "recall-defaults": recall_defaults,
     "mining": mining,
     "recipe": recipe,
     "gcbs-speed": gcbs_speed,

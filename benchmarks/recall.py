@@ -8,6 +8,12 @@ Parts (each prints Markdown; ``--out`` appends them to ``benchmarks/results/reca
   (M = 32) at an ``efSearch`` sweep. Recall@k on 256 seeded rows against their exact top-k.
 * ``blobs N``: Gaussian blobs (64 points around N/64 centres ~ N(0, I) in 768-d, noise
   0.8·N(0, I) per point, query and target two views 0.3 apart), same measures (IVF only).
+* ``defaults N --family F``: ``hardbatch.plan("gcbs" | "b3")`` with every default
+  (``recall=0.95``, the k the method needs: GCBS's ~16 pairs per row, B3's window ``p + m``)
+  with the FAISS search, on data the target was not tuned on: F = ``blobs`` (above),
+  ``scale`` (scale.py's), or real all-MiniLM-L6-v2 embeddings of the evidence corpora
+  (``code``: 20 798 docstring / function pairs, ``wordnet``: 27 106 gloss / example pairs; N
+  is then the corpus, whatever N says). Reports the recall the plan records, its probe and time.
 * ``quality N``: GCBS and B3 plans at the fixed probe (today's default), recall targets 0.9 /
   0.95 and exact: loss gap, share of every sampled row's exact top-10 that shares its batch
   (GCBS) / cluster (B3), and the share of B3's 3 hard negatives inside the row's exact rank
@@ -19,6 +25,8 @@ Usage::
     python benchmarks/recall.py curve 100000 --out
     python benchmarks/recall.py blobs 100000 --out
     python benchmarks/recall.py quality 50000 --out
+    python benchmarks/recall.py defaults 1000000 --family blobs --out
+    python benchmarks/recall.py defaults 0 --family code --out
 """
 
 from __future__ import annotations
@@ -228,19 +236,76 @@ def quality(n: int) -> list[str]:
     return out + measured
 
 
+def real_embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher embeddings of an evidence corpus (every split), from its feature cache."""
+    from evidence import data_code, data_wordnet, features
+
+    corpus = (data_code if name == "code" else data_wordnet).load()
+    return features.encode(corpus.queries, verbose=False)[0], features.encode(
+        corpus.targets, verbose=False
+    )[0]
+
+
+def defaults(family: str, n: int) -> list[str]:
+    """The library's defaults with the FAISS search: the recall each plan records."""
+    import warnings
+
+    import hardbatch
+
+    if family in ("code", "wordnet"):
+        q, t = real_embeddings(family)
+        n = len(q)
+        what = f"{family} (all-MiniLM-L6-v2 embeddings, d = 384)"
+    else:
+        q, t = load(family, n)
+        what = f"{family} (synthetic, d = 768)"
+    out = [
+        f"\n### Defaults with the FAISS search: {what}, N = {n:,}\n",
+        "| method | k searched | recall (plan.info) | target | widening steps | "
+        "candidates / list | lists probed | plan s | warning |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in ("gcbs", "b3"):
+        tick = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = hardbatch.plan(method, q, t, batch_size=64, seed=0, backend="faiss",
+                                  progress=False)  # fmt: skip
+        secs = time.perf_counter() - tick
+        s = plan.info["search"]
+        k = s.get("k") or sum(plan.info.get("window", [0, 0]))
+        warned = "; ".join(
+            sorted({type(w.message).__name__ for w in caught if "recall" in str(w.message)})
+        )
+        out.append(
+            f"| {method} | {k} | {s['recall']:.3f} | {s['recall_target']} | {s['widen_steps']} "
+            f"| {s['candidates']} | {s['lists_probed']:.1f} | {secs:.1f} | {warned or '–'} |"
+        )
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=("curve", "blobs", "quality"))
+    parser.add_argument("part", choices=("curve", "blobs", "quality", "defaults"))
     parser.add_argument("n", type=int)
     parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument(
         "--no-scan", action="store_true", help="sample recall only: no full scans (no times)"
+    )
+    parser.add_argument(
+        "--family",
+        choices=("blobs", "scale", "code", "wordnet"),
+        default="blobs",
+        help="defaults: the data (code / wordnet: the evidence corpora's MiniLM embeddings)",
     )
     parser.add_argument("--out", action="store_true", help=f"append to {RESULTS}")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     if args.part == "quality":
         lines = quality(args.n)
+    elif args.part == "defaults":
+        lines = defaults(args.family, args.n)
     else:
         kind = "scale" if args.part == "curve" else "blobs"
         lines = curve(

@@ -290,3 +290,47 @@ def test_top_layers_forward_equals_the_full_model(minilm):
     loss, q, _ = student.step(np.arange(6), None)
     assert np.isfinite(loss) and q.shape == (6, 384)
     assert len(student.fn.step_shares) == 1
+
+
+def test_finetune_student_masked_step_and_model_override(minilm, monkeypatch, tmp_path):
+    from evidence import features
+    from evidence.students import FineTuneStudent
+
+    # $HARDBATCH_EVIDENCE_MINILM names the folder the model is loaded from (the GPU run).
+    monkeypatch.setenv(features.MODEL_ENV, str(tmp_path / "minilm"))
+    assert features.model_path() == str(tmp_path / "minilm")
+    monkeypatch.delenv(features.MODEL_ENV)
+    teacher = (unit(np.eye(6, 8)), unit(np.eye(6, 8) + np.eye(6, 8, 1)))
+    student = FineTuneStudent(TEXTS, seed=0, teacher=teacher, fn_mask="teacher", device="cpu")
+    assert next(student.model.parameters()).dtype == torch.float32
+    loss, q, t = student.step(np.arange(6), None)
+    # The teacher rule marks (i, i - 1) (t_{i-1} scores as t_i): every row but the first
+    # leaves one pair out.
+    assert np.isfinite(loss) and q.shape == t.shape == (6, 384)
+    assert student.fn.step_shares == [pytest.approx(5 / 30)]
+    assert set(student.evaluate("test")) == {"mrr", "recall@1", "recall@10"}
+
+
+def test_recipe_runs_seed_by_seed_and_reports_each_run(monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evidence.py"
+    spec = importlib.util.spec_from_file_location("evidence_cli", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    order = []
+
+    def fake_run(*, student, method, seed, **kw):
+        order.append((method, seed))
+        return {"test": {"mrr": 0.5}, "masked_share": 0.0}
+
+    monkeypatch.setattr(cli, "run", fake_run)
+    group = cli.RecipeGroup("frozen", "code", lambda seed, opts: None, 8, None, None,
+                            epochs=1, seeds=[0, 1])  # fmt: skip
+    arms = cli.select(cli.recipe_arms(), ["random", "gcbs_default"])
+    seen = []
+    runs = cli.recipe_run_group(group, arms, 0, on_run=lambda runs: seen.append(len(runs)))
+    # Seed-major: a run cut short keeps whole seeds of every arm (paired comparisons).
+    assert order == [("random", 0), ("gcbs", 0), ("random", 1), ("gcbs", 1)]
+    assert seen == [1, 2, 3, 4] and [r["arm"] for r in runs][:2] == ["random", "gcbs_default"]
+    assert "finetune" in cli.RECIPE_STUDENTS and "finetune" not in cli.DEFAULT_RECIPE_STUDENTS

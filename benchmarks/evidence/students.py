@@ -173,7 +173,7 @@ class FalseNegativeStats:
         elif self.fn_mask == "self":
             masked = hardbatch.losses.false_negative_mask(
                 queries.detach(), targets.detach(), rule=self.fn_rule, margin=self.fn_margin
-            )
+            ).cpu()  # the bookkeeping is on the CPU (a GPU student moves the result back)
         else:
             masked = torch.zeros(b, len(all_ids), dtype=torch.bool)
         off_diagonal = b * len(all_ids) - b
@@ -353,6 +353,9 @@ class FineTuneStudent:
     fn_mask, fn_rule, fn_margin : see :class:`FalseNegativeStats`
         With a mask the loss is :func:`hardbatch.losses.info_nce` (``symmetric=False``, the
         same cross-entropy as MNRL) with the mask; without, MNRL itself.
+    device : str
+        Where the model trains (``"cuda"``: the recipe's full fine-tune on a GPU); the
+        planners, the teacher and the mask's bookkeeping stay on the CPU.
     """
 
     name = "finetune"
@@ -369,6 +372,7 @@ class FineTuneStudent:
         fn_mask: str | None = None,
         fn_rule: str = "relative",
         fn_margin: float = 0.95,
+        device: str = "cpu",
     ):
         from sentence_transformers.sentence_transformer.losses import (
             MultipleNegativesRankingLoss,
@@ -379,7 +383,7 @@ class FineTuneStudent:
         self.fn = FalseNegativeStats(fn_mask, fn_rule, fn_margin, teacher)
         torch.manual_seed(seed)
         self.texts = texts
-        self.model = load_minilm(max_seq_length)
+        self.model = load_minilm(max_seq_length, device=device)
         self.loss_fn = MultipleNegativesRankingLoss(self.model, scale=1 / TEMPERATURE)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
         get_dim = getattr(self.model, "get_embedding_dimension", None)
@@ -406,7 +410,7 @@ class FineTuneStudent:
         # Column-major like MNRL's candidates: all targets, then slot 0's negatives, ...
         flat = None if negatives is None else torch.as_tensor(negatives.T.reshape(-1))
         t_all = torch.cat(columns[1:])
-        mask = self.fn.mask(idx, flat, q, t_all)
+        mask = self.fn.mask(idx, flat, q, t_all).to(q.device)
         if self.fn.fn_mask is None:
             loss = self.loss_fn.compute_loss_from_embeddings(columns, None)
         else:
