@@ -203,6 +203,7 @@ RECIPE_COLUMNS = [
 #: The recipe table's rows: (label, arm); the recipe is the defaults + the teacher mask.
 RECIPE_ROWS = [
     ("random + teacher mask", "random+mask_teacher"),
+    ("random + self mask (the student's own scores)", "random+mask_self"),
     ("GCBS, paper's quantile 0.999", "gcbs"),
     ("GCBS defaults, no mask", "gcbs_default"),
     ("GCBS defaults at `hardness=1`, no mask", "gcbs_full"),
@@ -211,6 +212,7 @@ RECIPE_ROWS = [
     ("B3 as the evidence run had it (`hardness=1`)", "b3"),
     ("B3 defaults at `hardness=1` + mask", "b3_full+mask_teacher"),
     ('B3 defaults (`hardness="auto"`) + mask', "b3_default+mask_teacher"),
+    ("GCBS defaults + self mask", "gcbs_default+mask_self"),
     ('**recipe: GCBS defaults (`hardness="auto"`) + mask**', "gcbs_default+mask_teacher"),
 ]
 RECIPE = "gcbs_default+mask_teacher"
