@@ -17,8 +17,9 @@ Parts (each prints Markdown; ``--out`` appends them to ``benchmarks/results/reca
 * ``quality N``: GCBS and B3 plans at the fixed probe (today's default), recall targets 0.9 /
   0.95 and exact: loss gap, share of every sampled row's exact top-10 that shares its batch
   (GCBS) / cluster (B3), and the share of B3's 3 hard negatives inside the row's exact rank
-  window [30, 130) (B3 samples them from the cluster's pooled windows, so even the exact plan
-  is below 1; two plans' sampled negatives are not comparable one by one).
+  window ``[p, p + m)`` (B3's default window at N; B3 samples them from the cluster's pooled
+  windows, so even the exact plan is below 1; two plans' sampled negatives are not comparable
+  one by one).
 
 Usage::
 
@@ -195,13 +196,14 @@ def quality(n: int) -> list[str]:
     rows = ivf.sample_rows(n, 2000, 5)
     exact = exact_rows_top_k(q, t, rows, 130)
     glob = global_losses(q, t)  # the same for every plan: computed once
-    top10, window = exact[:, :10], exact[:, 30:130]
+    top10 = exact[:, :10]
+    window = None  # B3's exact rank window [p, p + m) of the exact plan (its defaults at N)
     settings = [("fixed probe", "faiss", None), ("target 0.9", "faiss", 0.9),
                 ("target 0.95", "faiss", 0.95), ("exact", "exact", None)]  # fmt: skip
     out = [
         f"\n### What recall buys the plan: N = {n:,}, scale data, batch 64\n",
         "| method | search | recall | loss gap | exact top-10 in batch / cluster | "
-        "negatives in exact window [30, 130) | plan s |",
+        "negatives in the exact rank window | plan s |",
         "|---|---|---|---|---|---|---|",
     ]
     measured = []
@@ -224,6 +226,9 @@ def quality(n: int) -> list[str]:
             together = float((group[top10] == group[rows][:, None]).mean())
             hn = "–"
             if method == "b3":
+                if window is None:
+                    p, m = plan.info["window"][:2]
+                    window = exact[:, p : p + m]
                 pairs = zip(plan.hard_negatives[rows], window, strict=True)
                 hn = f"{np.mean([len(set(a) & set(b)) / len(a) for a, b in pairs]):.3f}"
             recall = plan.info["search"].get("recall")
