@@ -193,6 +193,12 @@ RECIPE_COLUMNS = [
         "recipe_finetune_code",
         "mrr",
     ),  # fmt: skip
+    (
+        "WordNet, frozen (full corpus)",
+        "recipe_full/frozen_wordnet",
+        "recipe_frozen_wordnet",
+        "mrr",
+    ),  # fmt: skip
     ("code, frozen", "recipe/frozen_code", "recipe_frozen_code", "mrr"),
     ("code, static", "recipe/static_code", "recipe_static_code", "mrr"),
     ("code, top layers fine-tuned", "recipe/finetune_top_code", "recipe_finetune_top_code", "mrr"),
