@@ -184,6 +184,11 @@ def test_check_knobs_fails_fast_on_unknown_library_knobs():
             arms_mod.check_arms(arms)
     with pytest.raises(ValueError, match="unknown arm"):
         arms_mod.select(arms_mod.recipe_arms(), ["nope"])
+    # The curriculum arm passes the schedule's JSON form, which hardbatch takes as hardness=.
+    (ramp,) = arms_mod.select(arms_mod.recipe_arms(), ["gcbs_ramp+mask_teacher"])
+    schedule = hardbatch.hardness.as_schedule(ramp.knobs["hardness"])
+    assert [schedule.at(e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    arms_mod.check_arms([ramp])
 
 
 def test_library_knob_passes_nothing(monkeypatch):

@@ -11,6 +11,8 @@ and the student's options (the false-negative mask). Knobs not among the benchma
                            and ``hardness="auto"``)
 ``gcbs_full``              ``gcbs_default`` at ``hardness=1`` (the method's own batches)
 ``gcbs_dial05``            ``gcbs_default`` at ``hardness=0.5``
+``gcbs_ramp``              ``gcbs_default`` with a curriculum: ``hardness`` linear from 0
+                           (random) at epoch 0 to 1 at epoch 4 (:data:`RAMP`)
 ``b3``                     B3 with the evidence run's p, m scaled to N, cluster size 32
 ``b3_default``             B3 with no cluster_size / p / m / hardness (the library's defaults)
 ``b3_full``                ``b3_default`` at ``hardness=1``
@@ -27,6 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .methods import LIBRARY, check_knobs
+
+#: The curriculum of ``gcbs_ramp``: ``HardnessSchedule.linear(0, 1, 4)`` in its JSON form
+#: (the form a plan records; hardbatch takes it as ``hardness=``).
+RAMP = {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 4}
 
 #: Student options of the mask suffixes.
 MASKS = {"": {}, "+mask_teacher": {"fn_mask": "teacher"}, "+mask_self": {"fn_mask": "self"}}
@@ -73,6 +79,7 @@ def base_arms(gcbs_method: str = "gcbs") -> list[tuple[str, str, dict]]:
         ("gcbs_default", gcbs_method, {"quantile": LIBRARY, "hardness": LIBRARY}),
         ("gcbs_full", gcbs_method, {"quantile": LIBRARY, "hardness": 1.0}),
         ("gcbs_dial05", gcbs_method, {"quantile": LIBRARY, "hardness": 0.5}),
+        ("gcbs_ramp", gcbs_method, {"quantile": LIBRARY, "hardness": dict(RAMP)}),
         ("b3", "b3", {"hardness": 1.0}),
         ("b3_default", "b3", {**lib_b3, "hardness": LIBRARY}),
         ("b3_full", "b3", {**lib_b3, "hardness": 1.0}),
