@@ -282,8 +282,11 @@ def defaults(family: str, n: int) -> list[str]:
         warned = "; ".join(
             sorted({type(w.message).__name__ for w in caught if "recall" in str(w.message)})
         )
+        steps = f"{s['widen_steps']}"
+        if s.get("repartitions"):
+            steps += f" after {s['repartitions']} repartitions ({s['n_lists']} lists)"
         out.append(
-            f"| {method} | {k} | {s['recall']:.3f} | {s['recall_target']} | {s['widen_steps']} "
+            f"| {method} | {k} | {s['recall']:.3f} | {s['recall_target']} | {steps} "
             f"| {s['candidates']} | {s['lists_probed']:.1f} | {secs:.1f} | {warned or '–'} |"
         )
         print(out[-1], flush=True)

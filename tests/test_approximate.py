@@ -118,12 +118,14 @@ def test_recall_loop_reproducible_and_narrower_probe_misses(unstructured):
     b = ivf_search(q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=4.0, seed=1)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[2] == b[2]
-    # Capped one step below the chosen probe, the same search falls short and warns.
+    # Capped one step below the chosen probe (and no repartition), the same search falls short
+    # and warns.
     below = (a[2]["candidates"] - 1) / 2048
     with pytest.warns(RuntimeWarning, match=r"recall@5 0\.\d+ .* below the target 0\.95"):
         _, _, capped = ivf_search(
-            q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=below, seed=1
-        )
+            q, t, 5, norms=norms, recall=0.95, recall_rows=200, max_widen=below, seed=1,
+            repartitions=0,
+        )  # fmt: skip
     assert capped["recall"] < 0.95 and capped["candidates"] < a[2]["candidates"]
 
 
@@ -159,3 +161,39 @@ def test_recall_settings_are_checked(pair, kwargs, match):
     q, t = pair
     with pytest.raises(ValueError, match=match):
         ivf_search(q, t, 5, norms=check_pair(q, t), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_clusters():
+    """Blobs of 16 around 1 250 centres in 128-d: with a lossy projection (pca_dim=16) a coarse
+    list mixes pieces of many blobs, and widening its probe adds mostly the wrong lists."""
+    rng = np.random.default_rng(0)
+    n, d = 20_000, 128
+    centres = rng.standard_normal((n // 16, d)).astype(np.float32)
+    latent = centres[rng.permutation(n) % len(centres)]
+    latent += 0.8 * rng.standard_normal((n, d)).astype(np.float32)
+    q = latent + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    t = latent + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return q, t
+
+
+def test_recall_loop_repartitions_into_finer_lists(small_clusters):
+    q, t = small_clusters
+    norms = check_pair(q, t)
+    kw = dict(norms=norms, recall=0.95, recall_rows=200, max_widen=1.0, seed=1, pca_dim=16)
+    with pytest.warns(RuntimeWarning, match="283 lists after 0 repartitions"):
+        _, _, coarse = ivf_search(q, t, 5, repartitions=0, **kw)
+    with pytest.warns(RuntimeWarning, match="1250 lists after 2 repartitions"):
+        ids, _, fine = ivf_search(q, t, 5, **kw)
+    # 283 default lists -> 1 132 -> capped at N / 16 = 1 250; each rebuild is a fresh index.
+    assert (coarse["n_lists"], coarse["repartitions"]) == (283, 0)
+    assert (fine["n_lists"], fine["repartitions"]) == (1250, 2)
+    assert fine["recall"] > coarse["recall"] + 0.1
+    assert fine["recall"] == pytest.approx(slow_recall(q, t, ids, sample_rows(20_000, 200, 1)))
+    # An explicit n_lists is the user's: never repartitioned.
+    with pytest.warns(RuntimeWarning, match="283 lists after 0 repartitions"):
+        _, _, explicit = ivf_search(q, t, 5, n_lists=283, **kw)
+    assert explicit["repartitions"] == 0 and explicit["recall"] == coarse["recall"]
+    # A target met by the default lists is searched as before (no rebuild).
+    _, _, met = ivf_search(q, t, 5, **{**kw, "recall": 0.3})
+    assert (met["n_lists"], met["repartitions"]) == (283, 0)
