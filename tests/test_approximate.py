@@ -183,8 +183,13 @@ def test_recall_loop_repartitions_into_finer_lists(small_clusters):
     kw = dict(norms=norms, recall=0.95, recall_rows=200, max_widen=1.0, seed=1, pca_dim=16)
     with pytest.warns(RuntimeWarning, match="283 lists after 0 repartitions"):
         _, _, coarse = ivf_search(q, t, 5, repartitions=0, **kw)
-    with pytest.warns(RuntimeWarning, match="1250 lists after 2 repartitions"):
+    with pytest.warns(RuntimeWarning) as caught:
         ids, _, fine = ivf_search(q, t, 5, **kw)
+    messages = [str(w.message) for w in caught]
+    # Each rebuild is announced (it costs another pass over the data), then the final miss.
+    assert sum("rebuilding the index with 1132 lists" in m for m in messages) == 1
+    assert sum("rebuilding the index with 1250 lists" in m for m in messages) == 1
+    assert any("1250 lists after 2 repartitions" in m for m in messages)
     # 283 default lists -> 1 132 -> capped at N / 16 = 1 250; each rebuild is a fresh index.
     assert (coarse["n_lists"], coarse["repartitions"]) == (283, 0)
     assert (fine["n_lists"], fine["repartitions"]) == (1250, 2)

@@ -371,6 +371,15 @@ def ivf_search(
         finer = min(n_lists * REPARTITION_FACTOR, n // MIN_LIST_ROWS)
         if reached >= recall or not default_lists or rebuilt >= repartitions or finer <= n_lists:
             break
+        # Loud: a rebuild costs another k-means and assignment pass over the data (minutes
+        # at a million rows), and the user may prefer backend="exact" or a lower target.
+        warnings.warn(
+            f"approximate search: recall@{k} {reached:.3f} at the widest probe with {n_lists} "
+            f"lists is below the target {recall}; rebuilding the index with {finer} lists "
+            "(another k-means and assignment pass over the data)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         n_lists, rebuilt = finer, rebuilt + 1
         del index, scores
     info: dict = {"n_lists": int(n_lists)}
