@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import sys
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from evidence import data_code, data_digits, data_wordnet, features, report  # noqa: E402
-from evidence.arms import ARM_NAMES, check_arms, recipe_arms, select  # noqa: E402
+from evidence.arms import ARM_NAMES, check_arms, recipe_arms, resolve_knobs, select  # noqa: E402
 from evidence.common import RESULTS  # noqa: E402
 from evidence.methods import METHODS, b3_window  # noqa: E402
 from evidence.students import (  # noqa: E402
@@ -619,13 +620,20 @@ def estimate_group(group: RecipeGroup, arms, cost: dict, gap_seeds: int, batch_s
     return total
 
 
-def recipe_run_group(group: RecipeGroup, arms, gap_seeds: int, on_run=None) -> list[dict]:
+def recipe_run_group(
+    group: RecipeGroup, arms, gap_seeds: int, on_run=None, batch_size: int = 64
+) -> list[dict]:
     """Every arm × seed of ``group``, seed by seed (a run cut short leaves whole seeds of
     every arm: paired comparisons); ``on_run(runs so far)`` after each run."""
     out = []
+    # Epochs a run trains (a step budget: the epochs those steps begin), for "last" schedules.
+    epochs = group.epochs
+    if group.max_steps is not None:
+        epochs = min(epochs, math.ceil(group.max_steps * batch_size / group.n))
     for k, seed in enumerate(group.seeds):
         for arm in arms:
             method = group.gcbs_method if arm.method == "gcbs" else arm.method
+            knobs = resolve_knobs(arm.knobs, epochs)
             tick = time.perf_counter()
             student = group.make(seed, dict(arm.student))
             hook = None if group.on_epoch_start is None else group.on_epoch_start(student, seed)
@@ -638,12 +646,12 @@ def recipe_run_group(group: RecipeGroup, arms, gap_seeds: int, on_run=None) -> l
                 duplicate_ids=group.duplicate_ids,
                 epochs=group.epochs,
                 max_steps=group.max_steps,
-                knobs=arm.knobs,
+                knobs=knobs,
                 measure_gap=group.max_steps is None and k < gap_seeds,
                 on_epoch_start=hook,
                 eval_splits=group.eval_splits,
             )
-            r.update(arm=arm.name, arm_knobs=arm.knobs, student_options=arm.student)
+            r.update(arm=arm.name, arm_knobs=knobs, student_options=arm.student)
             r["wall_s"] = time.perf_counter() - tick
             r["n_train"] = group.n
             out.append(r)

@@ -217,6 +217,8 @@ RECIPE_ROWS = [
     ("GCBS defaults at `hardness=0.5` + mask", "gcbs_dial05+mask_teacher"),
     ("GCBS defaults, `hardness` ramp 0 → 1 over 4 epochs", "gcbs_ramp"),
     ("GCBS defaults, `hardness` ramp 0 → 1 + mask", "gcbs_ramp+mask_teacher"),
+    ("GCBS defaults, `hardness` decay 1 → 0 at the last epoch", "gcbs_decay"),
+    ("GCBS defaults, `hardness` decay 1 → 0 + mask", "gcbs_decay+mask_teacher"),
     ("B3 as the evidence run had it (`hardness=1`)", "b3"),
     ("B3 defaults at `hardness=1` + mask", "b3_full+mask_teacher"),
     ('B3 defaults (`hardness="auto"`) + mask', "b3_default+mask_teacher"),

@@ -83,9 +83,11 @@ def ivf_curve(q, t, levels: int, full: set[int]) -> list[str]:
     dev = torch.device("cpu")
     n_lists, n_probe, pca_dim, base = ivf._check_ivf(n, d, K, None, 4, 128)
     tick = time.perf_counter()
+    cap = int(np.ceil(base * ivf.WIDEN_FACTOR ** (levels - 1)))
     index = ivf._build_index(
-        q, t, metric="cosine", seed=0, dev=dev, norms=norms, n_lists=n_lists, pca_dim=pca_dim
-    )
+        q, t, metric="cosine", seed=0, dev=dev, norms=norms, n_lists=n_lists, pca_dim=pca_dim,
+        max_candidates=cap, n_probe=n_probe,
+    )  # fmt: skip
     build = time.perf_counter() - tick
     rows = ivf.sample_rows(n, ROWS, 0)
     cands = [int(np.ceil(base * ivf.WIDEN_FACTOR**j)) if j else base for j in range(levels)]

@@ -64,6 +64,23 @@ def test_seeded_kmeans_is_reproducible():
     np.testing.assert_array_equal(a, seeded_kmeans(x, 5, niter=5, seed=1))
 
 
+def test_seeded_kmeans_does_not_depend_on_the_thread_count():
+    """Plans are the same on any machine's core count: FAISS k-means is run on all threads
+    because its centroids are bit for bit those of one thread (slow reference)."""
+    import faiss
+
+    x = np.random.default_rng(1).standard_normal((20_000, 32)).astype(np.float32)
+    threads = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        one = seeded_kmeans(x, 300, niter=5, seed=7)
+        faiss.omp_set_num_threads(3)
+        three = seeded_kmeans(x, 300, niter=5, seed=7)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    np.testing.assert_array_equal(one, three)
+
+
 # ---------------------------------------------------------------- the recall target loop
 @pytest.fixture(scope="module")
 def unstructured():
@@ -202,3 +219,48 @@ def test_recall_loop_repartitions_into_finer_lists(small_clusters):
     # A target met by the default lists is searched as before (no rebuild).
     _, _, met = ivf_search(q, t, 5, **{**kw, "recall": 0.3})
     assert (met["n_lists"], met["repartitions"]) == (283, 0)
+
+
+def test_probe_order_beyond_full_keeps_the_prefix_that_covers_the_candidates(monkeypatch):
+    """Above FULL_PROBE_ORDER_LISTS lists only a prefix of every list's probe order is kept:
+    it is the full order's prefix (slow reference: a dense argsort) and reaches the most
+    candidates a list can ask for; a search with it equals the one with the full order."""
+    import torch
+
+    import hardbatch.similarity.approximate as approx
+
+    rng = np.random.default_rng(3)
+    centroids = torch.from_numpy(rng.standard_normal((300, 8)).astype(np.float32))
+    sizes = rng.integers(0, 40, size=300)
+    full = approx._probe_order(centroids, sizes, 2000, 4)
+    assert full.shape == (300, 300)
+    expected = np.argsort(-(centroids @ centroids.T).numpy(), axis=1, kind="stable")
+    np.testing.assert_array_equal(full, expected)
+    monkeypatch.setattr(approx, "FULL_PROBE_ORDER_LISTS", 100)
+    part = approx._probe_order(centroids, sizes, 2000, 4)
+    assert 4 <= part.shape[1] < 300
+    np.testing.assert_array_equal(part, expected[:, : part.shape[1]])
+    assert sizes[part].sum(1).min() >= 2000
+    # Not enough targets anywhere: the whole order.
+    assert approx._probe_order(centroids, sizes, int(sizes.sum()) + 1, 4).shape == (300, 300)
+
+    p = make_planted_pairs(20_000, 16, group_size=8, seed=5)
+    norms = check_pair(p.queries, p.targets)
+    widths = []
+    real = approx._probe_order
+
+    def recorded(*args):
+        order = real(*args)
+        widths.append(order.shape[1])
+        return order
+
+    monkeypatch.setattr(approx, "_probe_order", recorded)
+    for extra in ({"recall": None}, {"recall": 0.85, "max_widen": 2.0}):
+        kw = dict(norms=norms, n_lists=1000, seed=0, **extra)
+        monkeypatch.setattr(approx, "FULL_PROBE_ORDER_LISTS", 8192)
+        ids_full, _, info_full = ivf_search(p.queries, p.targets, 5, **kw)
+        monkeypatch.setattr(approx, "FULL_PROBE_ORDER_LISTS", 50)
+        ids_part, _, info_part = ivf_search(p.queries, p.targets, 5, **kw)
+        assert widths[-2:][0] == 1000 > widths[-1]  # the second search ran on a partial order
+        np.testing.assert_array_equal(ids_part, ids_full)
+        assert info_part == info_full

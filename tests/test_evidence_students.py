@@ -188,7 +188,14 @@ def test_check_knobs_fails_fast_on_unknown_library_knobs():
     (ramp,) = arms_mod.select(arms_mod.recipe_arms(), ["gcbs_ramp+mask_teacher"])
     schedule = hardbatch.hardness.as_schedule(ramp.knobs["hardness"])
     assert [schedule.at(e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    arms_mod.check_arms([ramp])
+    # The decay ends at random on the run's last epoch, whatever its epoch count.
+    (decay,) = arms_mod.select(arms_mod.recipe_arms(), ["gcbs_decay"])
+    for epochs, expected in ((5, [1.0, 0.75, 0.5, 0.25, 0.0]), (3, [1.0, 0.5, 0.0])):
+        knobs = arms_mod.resolve_knobs(decay.knobs, epochs)
+        schedule = hardbatch.hardness.as_schedule(knobs["hardness"])
+        assert [schedule.at(e) for e in range(epochs)] == expected
+    assert arms_mod.resolve_knobs(ramp.knobs, 3) == ramp.knobs
+    arms_mod.check_arms([ramp, decay])
 
 
 def test_library_knob_passes_nothing(monkeypatch):

@@ -65,6 +65,47 @@ def test_schedule_values_and_json_round_trip():
     assert as_schedule(0.5) == HardnessSchedule.constant(0.5)
 
 
+def test_decay_ends_random_at_the_last_epoch_and_warns_past_it():
+    decay = HardnessSchedule.decay(5)
+    assert decay == HardnessSchedule.linear(1.0, 0.0, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning within the run's epochs
+        assert [decay.at(e) for e in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+        assert HardnessSchedule.decay(3, start=0.5).at(1) == 0.25
+        assert HardnessSchedule.linear(1.0, 0.5, 2).at(7) == 0.5  # ends above 0: no warning
+    with pytest.warns(NearRandomPlanWarning, match="epoch 5 is past it"):
+        assert decay.at(5) == 0.0
+    for bad in (1, 0, 2.0, True, "5"):
+        with pytest.raises(ValueError, match="n_epochs"):
+            HardnessSchedule.decay(bad)
+    with pytest.raises(ValueError, match="start"):
+        HardnessSchedule.decay(4, start=1.5)
+
+
+def test_decay_plan_is_the_method_first_and_random_fill_last(planted):
+    """A whole-set plan (B3) with a decay: epoch 0 is the method's plan bit for bit, the
+    last epoch keeps no hard member (its batches share the graph's edges at the random
+    rate); an epoch past the schedule warns."""
+    p = plan("b3", planted, hardness=HardnessSchedule.decay(3))
+    np.testing.assert_array_equal(p.for_epoch(0), plan("b3", planted, hardness=1.0).batches)
+
+    def purity(batches):  # share of in-batch pairs from the same planted group
+        same = total = 0
+        for row in batches:
+            g = planted.groups[row[row != PAD]]
+            same += int((g[:, None] == g[None, :]).sum()) - len(g)
+            total += len(g) * (len(g) - 1)
+        return same / total
+
+    purities = [purity(p.for_epoch(e)) for e in range(3)]
+    random_purity = purity(hardbatch.plan("random", n_samples=len(planted.groups), batch_size=64,
+                                          seed=0).batches)  # fmt: skip
+    assert purities[0] > purities[1] > purities[2]
+    assert purities[2] < 2 * random_purity + 0.01
+    with pytest.warns(NearRandomPlanWarning, match="epoch 3 is past it"):
+        p.for_epoch(3)
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", None, True, [0.5]])
 def test_invalid_hardness_is_a_value_error_naming_it(planted, bad):
     with pytest.raises(ValueError, match="hardness"):

@@ -13,6 +13,9 @@ and the student's options (the false-negative mask). Knobs not among the benchma
 ``gcbs_dial05``            ``gcbs_default`` at ``hardness=0.5``
 ``gcbs_ramp``              ``gcbs_default`` with a curriculum: ``hardness`` linear from 0
                            (random) at epoch 0 to 1 at epoch 4 (:data:`RAMP`)
+``gcbs_decay``             ``gcbs_default`` with the reverse schedule: ``hardness`` linear
+                           from 1 at epoch 0 to 0 (random) at the run's last epoch
+                           (:data:`DECAY`; the decaying hardness of THUDM's BatchSampler)
 ``b3``                     B3 with the evidence run's p, m scaled to N, cluster size 32
 ``b3_default``             B3 with no cluster_size / p / m / hardness (the library's defaults)
 ``b3_full``                ``b3_default`` at ``hardness=1``
@@ -33,6 +36,21 @@ from .methods import LIBRARY, check_knobs
 #: The curriculum of ``gcbs_ramp``: ``HardnessSchedule.linear(0, 1, 4)`` in its JSON form
 #: (the form a plan records; hardbatch takes it as ``hardness=``).
 RAMP = {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 4}
+
+#: The schedule of ``gcbs_decay``: hard batches first, random ones last,
+#: ``HardnessSchedule.linear(1, 0, E - 1)`` for a run of ``E`` epochs (``"last"`` is resolved
+#: per run by :func:`resolve_knobs`; 4 for the 5-epoch whole-corpus runs).
+DECAY = {"schedule": "linear", "start": 1.0, "end": 0.0, "epochs": "last"}
+
+
+def resolve_knobs(knobs: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """``knobs`` with a schedule ending at ``"last"`` resolved for a run of ``epochs``
+    epochs (its end reached at the last epoch, ``epochs - 1``, at least 1)."""
+    hardness = knobs.get("hardness")
+    if isinstance(hardness, dict) and hardness.get("epochs") == "last":
+        return {**knobs, "hardness": {**hardness, "epochs": max(1, int(epochs) - 1)}}
+    return knobs
+
 
 #: Student options of the mask suffixes.
 MASKS = {"": {}, "+mask_teacher": {"fn_mask": "teacher"}, "+mask_self": {"fn_mask": "self"}}
@@ -80,6 +98,7 @@ def base_arms(gcbs_method: str = "gcbs") -> list[tuple[str, str, dict]]:
         ("gcbs_full", gcbs_method, {"quantile": LIBRARY, "hardness": 1.0}),
         ("gcbs_dial05", gcbs_method, {"quantile": LIBRARY, "hardness": 0.5}),
         ("gcbs_ramp", gcbs_method, {"quantile": LIBRARY, "hardness": dict(RAMP)}),
+        ("gcbs_decay", gcbs_method, {"quantile": LIBRARY, "hardness": dict(DECAY)}),
         ("b3", "b3", {"hardness": 1.0}),
         ("b3_default", "b3", {**lib_b3, "hardness": LIBRARY}),
         ("b3_full", "b3", {**lib_b3, "hardness": 1.0}),
@@ -116,7 +135,7 @@ def check_arms(arms: list[Arm]) -> None:
     problems = []
     for arm in arms:
         try:
-            check_knobs(arm.method, arm.knobs)
+            check_knobs(arm.method, resolve_knobs(arm.knobs, 5))
         except ValueError as e:
             problems.append(f"arm {arm.name!r}: {e}")
     if problems:

@@ -122,14 +122,48 @@ class HardnessSchedule:
             raise ValueError(f"hardness schedule epochs must be an integer >= 1, got {epochs!r}")
         return cls(check_hardness(start, "start"), check_hardness(end, "end"), int(epochs))
 
+    @classmethod
+    def decay(cls, n_epochs: int, start: float = 1.0) -> HardnessSchedule:
+        """Hard batches first, random ones last: ``start`` (default 1, the method's own
+        batches) at epoch 0, linearly down to 0 (random batches) at the run's last epoch,
+        ``n_epochs - 1``. ``n_epochs`` is the number of epochs the run trains (>= 2).
+
+        Why: in the recipe evidence (README "The recipe"), hard batches that end on random
+        ones trained better than constant hardness on every whole corpus (frozen code +1.6
+        MRR over random with the teacher mask, against +1.1 constant; the static student
+        +0.3 against -0.9) and than a ramp from random up (-4.2 on the static student).
+        An epoch past ``n_epochs - 1`` is random too, and warns (:meth:`at`).
+        """
+        if isinstance(n_epochs, bool) or not isinstance(n_epochs, (int, np.integer)):
+            raise ValueError(f"n_epochs must be an integer >= 2, got {n_epochs!r}")
+        if n_epochs < 2:
+            raise ValueError(
+                f"a decay needs n_epochs >= 2 (the run's epoch count), got {n_epochs}; "
+                "for one epoch use a constant hardness"
+            )
+        return cls.linear(start, 0.0, int(n_epochs) - 1)
+
     @property
     def is_constant(self) -> bool:
         """Whether every epoch has the same hardness."""
         return self.start == self.end
 
     def at(self, epoch: int) -> float:
-        """Hardness of epoch ``epoch`` (>= 0)."""
+        """Hardness of epoch ``epoch`` (>= 0).
+
+        A schedule that has come down to 0 serves random batches from epoch ``epochs`` on;
+        an epoch past that one warns (:class:`NearRandomPlanWarning`): the run trains longer
+        than the schedule was made for (e.g. :meth:`decay` given too few epochs)."""
         if self.is_constant or epoch >= self.epochs:
+            if not self.is_constant and self.end == 0.0 and epoch > self.epochs:
+                warnings.warn(
+                    f"hardness schedule came down to 0 (random batches) at epoch "
+                    f"{self.epochs}; epoch {int(epoch)} is past it and gets random batches "
+                    "too. Give the schedule the run's epoch count "
+                    "(HardnessSchedule.decay(n_epochs)).",
+                    NearRandomPlanWarning,
+                    stacklevel=2,
+                )
             return float(self.end)
         return float(self.start + (self.end - self.start) * (int(epoch) / self.epochs))
 

@@ -4,8 +4,8 @@ The ``"faiss"`` backend of :func:`hardbatch.similarity.search.search_neighbours`
 ``hardbatch[faiss]``); :func:`ivf_neighbours` does:
 
 1. a seeded PCA to ``pca_dim`` (128) dimensions, fitted on a sample of targets;
-2. FAISS k-means (``faiss.Kmeans``, seeded, on one thread so the result does not depend
-   on the thread count; :func:`seeded_kmeans`) of a sample of projected
+2. FAISS k-means (``faiss.Kmeans``, seeded; the result does not depend on the thread
+   count, :func:`seeded_kmeans`) of a sample of projected
    targets into ``n_lists`` lists (default ``2·sqrt(N)``); every target and every query is
    assigned to its nearest centroid in the projected space (blocked matmul);
 3. for each list ``c``: its queries are scored *exactly* (full dimension, float32) against the
@@ -59,20 +59,16 @@ from .exact import exact_rows_top_k
 def seeded_kmeans(train: np.ndarray, n_centroids: int, *, niter: int, seed: int) -> np.ndarray:
     """FAISS k-means centroids of ``train`` (shape (m, d)), reproducible for a seed.
 
-    Returns an array of shape (n_centroids, d), float32. Trained on one OpenMP thread: FAISS
-    k-means sums per thread, so its centroids (and every plan built on them) would otherwise
-    depend on the thread count.
+    Returns an array of shape (n_centroids, d), float32. The same centroids on any thread
+    count: FAISS's nearest-centroid search is per row, and its centroid update gives each
+    thread a range of centroids and sums the rows in their order (tested: 1 and 3 threads).
+    Sampling and initialisation draw from ``seed``.
     """
     import faiss
 
     kmeans = faiss.Kmeans(train.shape[1], n_centroids, niter=niter, seed=seed, verbose=False)
     kmeans.cp.min_points_per_centroid = 1  # small samples: no warning spam, same result
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
-    finally:
-        faiss.omp_set_num_threads(threads)
+    kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
     return kmeans.centroids.copy()
 
 
@@ -108,6 +104,10 @@ WIDEN_FACTOR = 1.5
 REPARTITION_FACTOR = 4
 MAX_REPARTITIONS = 2
 MIN_LIST_ROWS = 16
+#: Sampled targets per list the k-means of a repartitioned index trains on (the first index:
+#: 32). The k-means costs samples × lists per iteration, so at 4x the lists and 32 per list
+#: it would cost 16x the first one (at N = 1M, 32 000 lists: 1M samples, most of the time).
+REPARTITION_TRAIN_PER_LIST = 8
 
 
 @dataclass
@@ -118,7 +118,7 @@ class _Index:
     t_sorted: torch.Tensor  # (N, d) float32, normalised targets sorted by list
     t_order: torch.Tensor  # position in t_sorted -> target id
     t_bounds: np.ndarray  # (n_lists + 1,) list boundaries in t_sorted
-    probe_order: np.ndarray  # (n_lists, n_lists) lists nearest to every list, itself first
+    probe_order: np.ndarray  # (n_lists, P) lists nearest to every list (P <= n_lists)
     q_list: np.ndarray  # (N,) list of every query
     q_inv: np.ndarray | None
 
@@ -155,15 +155,30 @@ class _Index:
         return q_sorted, top_ids[keep].view(-1, k), top_vals[keep].view(-1, k)
 
 
-def _build_index(queries, targets, *, metric, seed, dev, norms, n_lists, pca_dim) -> _Index:
-    """Steps 1-2 of the module docstring: PCA, k-means, lists of targets and queries."""
+def _build_index(
+    queries,
+    targets,
+    *,
+    metric,
+    seed,
+    dev,
+    norms,
+    n_lists,
+    pca_dim,
+    max_candidates,
+    n_probe,
+    train_per_list=32,
+) -> _Index:
+    """Steps 1-2 of the module docstring: PCA, k-means (on ``train_per_list`` sampled
+    targets per list), lists of targets and queries (``max_candidates``: the most targets a
+    list will probe, for a partial probe order)."""
     n, d = int(queries.shape[0]), int(queries.shape[1])
     q_inv, t_inv = inv_norms(norms[0], metric), inv_norms(norms[1], metric)
     rng = np.random.default_rng(seed)
     seed_int = int(rng.integers(2**31 - 1))
 
     mean, basis = _pca_basis(targets, t_inv, dev, n, d, pca_dim, rng)
-    train_rows = np.sort(rng.choice(n, size=min(n, 32 * n_lists), replace=False))
+    train_rows = np.sort(rng.choice(n, size=min(n, train_per_list * n_lists), replace=False))
     train = ((normalized_rows(targets, train_rows, t_inv, dev) - mean) @ basis).cpu().numpy()
     centroids = seeded_kmeans(train, n_lists, niter=10, seed=seed_int)
     del train
@@ -182,12 +197,39 @@ def _build_index(queries, targets, *, metric, seed, dev, norms, n_lists, pca_dim
         block = normalized_rows(targets, chunk[perm], t_inv, dev)
         t_sorted[torch.from_numpy(start + perm).to(dev)] = block
 
-    # Lists nearest to every list's centroid (itself first), in the projected space.
-    centroid_sims = centroids @ centroids.T
-    probe_order = torch.argsort(centroid_sims, dim=1, descending=True, stable=True).cpu().numpy()
+    probe_order = _probe_order(centroids, np.diff(t_bounds), max_candidates, n_probe)
     return _Index(
         dev, t_sorted, torch.from_numpy(t_order).to(dev), t_bounds, probe_order, q_list, q_inv
     )
+
+
+#: Up to this many lists the probe order is a full (n_lists, n_lists) argsort; above, only
+#: the prefix any list can need (the full order of the 32 000 lists a repartition builds at
+#: N = 1M would take 12 GB).
+FULL_PROBE_ORDER_LISTS = 8192
+
+
+def _probe_order(
+    centroids: torch.Tensor, sizes: np.ndarray, max_candidates: int, n_probe: int
+) -> np.ndarray:
+    """Lists nearest to every list's centroid (inner product in the projected space), best
+    first: all of them up to :data:`FULL_PROBE_ORDER_LISTS` lists, else the first ``P``
+    columns, ``P`` the fewest (doubling) with which every list reaches ``max_candidates``
+    targets and ``n_probe`` lists."""
+    n_lists = centroids.shape[0]
+    if n_lists <= FULL_PROBE_ORDER_LISTS:
+        sims = centroids @ centroids.T
+        return torch.argsort(sims, dim=1, descending=True, stable=True).cpu().numpy()
+    mean_size = max(float(sizes.mean()), 1.0)
+    width = min(n_lists, max(n_probe, math.ceil(2 * max_candidates / mean_size) + 1))
+    while True:
+        order = np.empty((n_lists, width), dtype=np.int64)
+        for start in range(0, n_lists, 1024):
+            sims = centroids[start : start + 1024] @ centroids.T
+            order[start : start + 1024] = torch.topk(sims, width, dim=1).indices.cpu().numpy()
+        if width == n_lists or sizes[order].sum(1).min() >= max_candidates:
+            return order
+        width = min(n_lists, 2 * width)
 
 
 def _scan_all(index, queries, k, n, n_probe, min_candidates, progress, d):
@@ -350,16 +392,17 @@ def ivf_search(
     repartitions = check_positive_int(repartitions, "repartitions", minimum=0)
     rows = sample_rows(n, recall_rows, seed) if recall_rows else None
     base_candidates = min_candidates
+    cap = min(n, math.ceil(base_candidates * max_widen)) if recall is not None else min_candidates
     rebuilt = 0
     while True:
         index = _build_index(
             queries, targets, metric=metric, seed=seed, dev=dev, norms=norms, n_lists=n_lists,
-            pca_dim=pca_dim,
+            pca_dim=pca_dim, max_candidates=cap, n_probe=n_probe,
+            train_per_list=REPARTITION_TRAIN_PER_LIST if rebuilt else 32,
         )  # fmt: skip
         if recall is None:
             break
         min_candidates, steps = base_candidates, 0
-        cap = min(n, math.ceil(min_candidates * max_widen))
         scores = _SampleScores(index, queries, rows, k, n_probe, cap)
         exact = scores.exact
         while True:
