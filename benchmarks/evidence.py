@@ -665,6 +665,14 @@ def recipe_run_group(
     return out
 
 
+def kept_runs(runs: list[dict], arms, seeds) -> list[dict]:
+    """``--merge``: the runs of a group that stay when ``arms`` run on ``seeds`` now (those
+    (arm, seed) pairs are replaced; other seeds of the same arms stay, so ``--seed-list``
+    adds seeds)."""
+    ran = {(a.name, int(seed)) for a in arms for seed in seeds}
+    return [r for r in runs if (r["arm"], int(r["seed"])) not in ran]
+
+
 def recipe_part(
     text,
     students,
@@ -709,9 +717,7 @@ def recipe_part(
         return
     for g in groups:
         log(f"recipe: {g.student} student on {g.task}")
-        # --merge: a group's runs of other arms stay (the arms run now replace theirs).
-        ran = {a.name for a in groups_arms[g.student]}
-        kept = [r for r in results["runs"].get(g.key, []) if r["arm"] not in ran]
+        kept = kept_runs(results["runs"].get(g.key, []), groups_arms[g.student], g.seeds)
 
         def save(new, g=g, kept=kept):
             results["runs"][g.key] = kept + new

@@ -253,7 +253,7 @@ def real_embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
     )[0]
 
 
-def defaults(family: str, n: int) -> list[str]:
+def defaults(family: str, n: int, methods=("gcbs", "b3")) -> list[str]:
     """The library's defaults with the FAISS search: the recall each plan records."""
     import warnings
 
@@ -272,7 +272,7 @@ def defaults(family: str, n: int) -> list[str]:
         "candidates / list | lists probed | plan s | warning |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in ("gcbs", "b3"):
+    for method in methods:
         tick = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -316,13 +316,16 @@ def main() -> None:
         default="blobs",
         help="defaults: the data (code / wordnet: the evidence corpora's MiniLM embeddings)",
     )
+    parser.add_argument(
+        "--methods", nargs="+", choices=("gcbs", "b3"), default=["gcbs", "b3"], help="defaults"
+    )
     parser.add_argument("--out", action="store_true", help=f"append to {RESULTS}")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     if args.part == "quality":
         lines = quality(args.n)
     elif args.part == "defaults":
-        lines = defaults(args.family, args.n)
+        lines = defaults(args.family, args.n, args.methods)
     else:
         kind = "scale" if args.part == "curve" else "blobs"
         lines = curve(

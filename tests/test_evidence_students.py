@@ -346,3 +346,9 @@ def test_recipe_runs_seed_by_seed_and_reports_each_run(monkeypatch):
     assert order == [("random", 0), ("gcbs", 0), ("random", 1), ("gcbs", 1)]
     assert seen == [1, 2, 3, 4] and [r["arm"] for r in runs][:2] == ["random", "gcbs_default"]
     assert "finetune" in cli.RECIPE_STUDENTS and "finetune" not in cli.DEFAULT_RECIPE_STUDENTS
+    # --merge with other seeds adds them; the (arm, seed) pairs run again are replaced.
+    old = [{"arm": a, "seed": s} for a in ("random", "gcbs_default", "b3") for s in (0, 1)]
+    kept = cli.kept_runs(old, arms, [1, 2])
+    assert [(r["arm"], r["seed"]) for r in kept] == [
+        ("random", 0), ("gcbs_default", 0), ("b3", 0), ("b3", 1)
+    ]  # fmt: skip

@@ -33,6 +33,8 @@ randomness. Such a plan warns once per ``(method, reason)`` per process with a
 The dial (``hardness=`` of every hard method, :class:`HardnessSchedule` over epochs): each
 batch keeps its first ``round(h·b)`` members, and the released members of all batches are
 shuffled together into the free slots (:func:`hardbatch.batching.mix_random_fill`).
+:meth:`HardnessSchedule.decay` (1 at epoch 0 down to 0 at the run's last epoch) is the
+schedule README's recipe recommends: it trained best in the recipe evidence.
 
 ``hardness="auto"`` (the default of GCBS and B3) picks the dial from the data: the share of
 **teacher-suspect pairs in random batches** — pairs ``(i, j)``, ``j != i``, whose cosine

@@ -20,8 +20,10 @@ per-query scan ran at ~2e9 multiply-adds/s on this 2-core machine (1500 s for 1M
 same recall), the per-list matmul at ~2e10. Probing per list (the probe set is shared by all
 queries of a list) instead of per query loses a little recall at list borders; ``n_probe`` buys
 it back. Memory: one float32 copy of the normalised targets sorted by list (``4·N·d`` bytes, as
-the exact path), the ``(N, k)`` result, and ``O(N·pca_dim)`` for the projections; inputs
-(float16 / ``.npy`` memmaps) are read in row blocks.
+the exact path), the ``(N, k)`` result, ``O(N·pca_dim)`` for the projections, and the probe
+order: all lists for every list up to :data:`FULL_PROBE_ORDER_LISTS` lists, above that only
+the nearest lists that reach the widest probe; inputs (float16 / ``.npy`` memmaps) are read
+in row blocks.
 
 Recall target (:func:`ivf_search`, the default): a fixed probe finds 0.45-0.8 of the true
 neighbours depending on the data (the deep ranks of a top-130 are near-ties spread over a
@@ -31,9 +33,15 @@ step (×1.5 candidates per list) is then a top-k over a prefix of those scores, 
 stops at the first probe whose sampled recall@k meets the target, or at ``max_widen`` times
 the base candidates (the scan time grows in proportion; a ``RuntimeWarning`` names the recall
 reached). Where even the widest probe misses and ``n_lists`` is the default, the index is
-rebuilt with 4× the lists (twice at most) and the loop runs again: finer lists follow small
-clusters that coarse lists cut up (:func:`ivf_search`). The full scan runs once, at the chosen
-lists and probe; the recall reported is that of the returned neighbours on the sample.
+rebuilt with 4× the lists (twice at most; its k-means trains on 32 sampled targets per list
+as the first one: with 8, blobs at N = 300k needed a second rebuild, 183 s instead of 68 s)
+and the loop runs again: finer lists
+follow small clusters that coarse lists cut up (:func:`ivf_search`). (A two-level split of
+every list into 4 by a k-means within the list was tried: seconds instead of minutes, but on
+blobs at N = 300k it reached recall 0.934 at the widest probe after two splits, where the
+rebuilt index meets 0.99 at the base probe: a blob cut by a coarse list boundary stays cut.)
+The full scan runs once, at the chosen lists and probe; the recall reported is that of the
+returned neighbours on the sample.
 
 :func:`neighbour_recall` measures recall@k of any result against the exact search on a seeded
 sample of query rows (exact rows cost ``n_rows·N·d``).
@@ -104,10 +112,6 @@ WIDEN_FACTOR = 1.5
 REPARTITION_FACTOR = 4
 MAX_REPARTITIONS = 2
 MIN_LIST_ROWS = 16
-#: Sampled targets per list the k-means of a repartitioned index trains on (the first index:
-#: 32). The k-means costs samples × lists per iteration, so at 4x the lists and 32 per list
-#: it would cost 16x the first one (at N = 1M, 32 000 lists: 1M samples, most of the time).
-REPARTITION_TRAIN_PER_LIST = 8
 
 
 @dataclass
@@ -156,29 +160,17 @@ class _Index:
 
 
 def _build_index(
-    queries,
-    targets,
-    *,
-    metric,
-    seed,
-    dev,
-    norms,
-    n_lists,
-    pca_dim,
-    max_candidates,
-    n_probe,
-    train_per_list=32,
+    queries, targets, *, metric, seed, dev, norms, n_lists, pca_dim, max_candidates, n_probe
 ) -> _Index:
-    """Steps 1-2 of the module docstring: PCA, k-means (on ``train_per_list`` sampled
-    targets per list), lists of targets and queries (``max_candidates``: the most targets a
-    list will probe, for a partial probe order)."""
+    """Steps 1-2 of the module docstring: PCA, k-means, lists of targets and queries
+    (``max_candidates``: the most targets a list will probe, for a partial probe order)."""
     n, d = int(queries.shape[0]), int(queries.shape[1])
     q_inv, t_inv = inv_norms(norms[0], metric), inv_norms(norms[1], metric)
     rng = np.random.default_rng(seed)
     seed_int = int(rng.integers(2**31 - 1))
 
     mean, basis = _pca_basis(targets, t_inv, dev, n, d, pca_dim, rng)
-    train_rows = np.sort(rng.choice(n, size=min(n, train_per_list * n_lists), replace=False))
+    train_rows = np.sort(rng.choice(n, size=min(n, 32 * n_lists), replace=False))
     train = ((normalized_rows(targets, train_rows, t_inv, dev) - mean) @ basis).cpu().numpy()
     centroids = seeded_kmeans(train, n_lists, niter=10, seed=seed_int)
     del train
@@ -398,7 +390,6 @@ def ivf_search(
         index = _build_index(
             queries, targets, metric=metric, seed=seed, dev=dev, norms=norms, n_lists=n_lists,
             pca_dim=pca_dim, max_candidates=cap, n_probe=n_probe,
-            train_per_list=REPARTITION_TRAIN_PER_LIST if rebuilt else 32,
         )  # fmt: skip
         if recall is None:
             break
