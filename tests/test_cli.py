@@ -453,17 +453,26 @@ def test_no_library_module_imports_the_cli():
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
-def test_plan_takes_the_hardness_dial(data_files, tmp_path):
+def test_plan_takes_the_hardness_dial(data_files, tmp_path, capsys):
     out = tmp_path / "plan.npz"
     assert run(*plan_args(data_files, out, "--top-k", "5", "--hardness", "0.5")) == 0
     loaded = BatchPlan.load(out, n_samples=N)
     assert loaded.params["hardness"] == 0.5 and loaded.info["hardness"]["dial"] == 0.5
+    # A decay over the run's epochs: stored as its schedule, replayed by for_epoch.
+    assert run(*plan_args(data_files, out, "--top-k", "5", "--hardness", "decay:3")) == 0
+    loaded = BatchPlan.load(out, n_samples=N)
+    assert loaded.params["hardness"] == hardbatch.HardnessSchedule.decay(3).to_json()
+    assert loaded.hardness.at(2) == 0.0
+    # A bad value is named with the method's own message, not argparse's "invalid value".
+    assert run(*plan_args(data_files, out, "--hardness", "decay:1")) == 2
+    assert "hardness must be 'auto', a number in [0, 1] or decay:E" in capsys.readouterr().err
 
 
 def test_hardness_option_has_a_help_line():
     option = cli.method_options()["hardness"]
     assert option.methods == ["b3", "gcbs"] and option.parser is not None
     assert option.parser("auto") == "auto" and option.parser("0.25") == 0.25
+    assert "decay:E" in option.help_text()
     assert "hardness dial" in option.help_text() and "auto" in option.help_text()
 
 

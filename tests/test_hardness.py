@@ -423,6 +423,10 @@ def test_hardness_text_other_than_auto_is_refused(planted, bad):
 def test_hardness_from_command_line_text():
     assert hardness_from_text("auto") == "auto" and hardness_from_text(" AUTO") == "auto"
     assert hardness_from_text("0.5") == 0.5
-    with pytest.raises(ValueError, match="'auto' or a number"):
+    assert hardness_from_text("decay:4") == HardnessSchedule.decay(4)
+    for bad in ("decay:1", "decay:x", "decay"):
+        with pytest.raises(ValueError, match="decay:E"):
+            hardness_from_text(bad)
+    with pytest.raises(ValueError, match="'auto', a number"):
         hardness_from_text("hard")
     assert SUSPECT_MARGIN == inspect.signature(false_negative_mask).parameters["margin"].default

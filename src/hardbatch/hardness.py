@@ -151,16 +151,14 @@ class HardnessSchedule:
     def at(self, epoch: int) -> float:
         """Hardness of epoch ``epoch`` (>= 0).
 
-        A schedule that has come down to 0 serves random batches from epoch ``epochs`` on;
-        an epoch past that one warns (:class:`NearRandomPlanWarning`): the run trains longer
-        than the schedule was made for (e.g. :meth:`decay` given too few epochs)."""
+        An epoch past a schedule that came down to 0 warns (:class:`NearRandomPlanWarning`):
+        the run trains longer than it was made for (e.g. :meth:`decay` given too few epochs)."""
         if self.is_constant or epoch >= self.epochs:
             if not self.is_constant and self.end == 0.0 and epoch > self.epochs:
                 warnings.warn(
                     f"hardness schedule came down to 0 (random batches) at epoch "
                     f"{self.epochs}; epoch {int(epoch)} is past it and gets random batches "
-                    "too. Give the schedule the run's epoch count "
-                    "(HardnessSchedule.decay(n_epochs)).",
+                    "too; give it the run's epoch count (HardnessSchedule.decay(n_epochs)).",
                     NearRandomPlanWarning,
                     stacklevel=2,
                 )
@@ -447,15 +445,17 @@ def check_hardness_param(value: Any) -> Any:
     return value
 
 
-def hardness_from_text(text: str) -> str | float:
-    """``--hardness`` of the CLI: ``auto`` or a number."""
-    text = text.strip()
+def hardness_from_text(text: str) -> str | float | HardnessSchedule:
+    """``--hardness`` of the CLI: ``auto``, a number or ``decay:E`` (``HardnessSchedule.decay``)."""
+    text, (kind, _, epochs) = text.strip(), text.strip().partition(":")
     if text.lower() == AUTO:
         return AUTO
     try:
-        return float(text)
+        return HardnessSchedule.decay(int(epochs)) if kind.lower() == "decay" else float(text)
     except ValueError:
-        raise ValueError(f"hardness must be 'auto' or a number in [0, 1], got {text!r}") from None
+        raise ValueError(
+            f"hardness must be 'auto', a number in [0, 1] or decay:E, got {text!r}"
+        ) from None
 
 
 def suspect_share(

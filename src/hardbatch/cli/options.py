@@ -212,6 +212,19 @@ def value_parser(kind: type, nullable: bool) -> Callable[[str], Any]:
     return parse
 
 
+def _with_message(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A method's own text parser, its ``ValueError`` shown by argparse as it is (argparse
+    would print only "invalid <function name> value")."""
+
+    def parse_or_explain(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse_or_explain
+
+
 def add_method_options(parser: argparse.ArgumentParser) -> dict[str, MethodOption]:
     """Add every :func:`method_options` option to ``parser``; returns them by name."""
     options = method_options()
@@ -228,7 +241,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> dict[str, MethodOptio
             kwargs.update(action=argparse.BooleanOptionalAction)
         else:
             kwargs.update(
-                type=option.parser or value_parser(option.kind, option.nullable),
+                type=_with_message(option.parser)
+                if option.parser
+                else value_parser(option.kind, option.nullable),
                 metavar=option.metavar,
             )
             if option.choices:

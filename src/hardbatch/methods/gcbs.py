@@ -144,7 +144,8 @@ class GCBS(Planner):
         "recall_rows": "faiss backend: rows sampled to measure recall vs exact (0 = skip)",
         "hardness": "hardness dial: auto (default: from the teacher-suspect share of random "
         "pairs) or a number in [0, 1]: 1 = the method's batches, 0 = random, between = each "
-        "batch keeps that share and is filled at random",
+        "batch keeps that share and is filled at random; decay:E = 1 at epoch 0 down to 0 "
+        "(random) at epoch E - 1 (HardnessSchedule.decay)",
         "recall": "faiss backend: recall@k target the probe is widened to (none = fixed probe)",
     }
 
