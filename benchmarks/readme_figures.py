@@ -222,6 +222,8 @@ RECIPE_ROWS = [
     ("B3 as the evidence run had it (`hardness=1`)", "b3"),
     ("B3 defaults at `hardness=1` + mask", "b3_full+mask_teacher"),
     ('B3 defaults (`hardness="auto"`) + mask', "b3_default+mask_teacher"),
+    ("B3 defaults, `HardnessSchedule.decay(E)`, no mask", "b3_decay"),
+    ("B3 defaults, `HardnessSchedule.decay(E)` + mask", "b3_decay+mask_teacher"),
     ("GCBS defaults + self mask", "gcbs_default+mask_self"),
     (
         'GCBS defaults (constant `hardness="auto"`) + mask: the previous recipe',

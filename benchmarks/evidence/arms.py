@@ -20,6 +20,7 @@ and the student's options (the false-negative mask). Knobs not among the benchma
 ``b3_default``             B3 with no cluster_size / p / m / hardness (the library's defaults)
 ``b3_full``                ``b3_default`` at ``hardness=1``
 ``b3_dial05``              ``b3_default`` at ``hardness=0.5``
+``b3_decay``               ``b3_default`` with ``gcbs_decay``'s schedule
 
 The recommended recipe is ``gcbs_default+mask_teacher``: the defaults and the mask's defaults.
 ``<arm>+mask_teacher``     the same batches, loss with the teacher false-negative mask
@@ -103,6 +104,7 @@ def base_arms(gcbs_method: str = "gcbs") -> list[tuple[str, str, dict]]:
         ("b3_default", "b3", {**lib_b3, "hardness": LIBRARY}),
         ("b3_full", "b3", {**lib_b3, "hardness": 1.0}),
         ("b3_dial05", "b3", {**lib_b3, "hardness": 0.5}),
+        ("b3_decay", "b3", {**lib_b3, "hardness": dict(DECAY)}),
     ]
 
 
