@@ -629,7 +629,8 @@ def recipe_run_group(
     # Epochs a run trains (a step budget: the epochs those steps begin), for "last" schedules.
     epochs = group.epochs
     if group.max_steps is not None:
-        epochs = min(epochs, math.ceil(group.max_steps * batch_size / group.n))
+        steps_per_epoch = -(-group.n // batch_size)
+        epochs = min(epochs, math.ceil(group.max_steps / steps_per_epoch))
     for k, seed in enumerate(group.seeds):
         for arm in arms:
             method = group.gcbs_method if arm.method == "gcbs" else arm.method
@@ -645,6 +646,7 @@ def recipe_run_group(
                 teacher=group.teacher,
                 duplicate_ids=group.duplicate_ids,
                 epochs=group.epochs,
+                batch_size=batch_size,
                 max_steps=group.max_steps,
                 knobs=knobs,
                 measure_gap=group.max_steps is None and k < gap_seeds,

@@ -293,6 +293,11 @@ def mining() -> str:
     return "\n".join(line for line in tail.splitlines() if line.startswith("|"))
 
 
+def _first_cell(row: str) -> str:
+    """The first cell of a Markdown table row (the method of a recall.md row)."""
+    return row.split("|")[1].strip()
+
+
 def recall_defaults() -> str:
     """``benchmarks/recall.py defaults N --family F --out`` → the "Defaults with the FAISS
     search" sections of ``results/recall.md`` (the latest of each data set and N), one row per
@@ -311,14 +316,14 @@ def recall_defaults() -> str:
             if row.startswith("### "):
                 break
             if row.startswith("| gcbs ") or row.startswith("| b3 "):
-                rows[row.split("|")[1].strip()] = row
+                rows[_first_cell(row)] = row
     out = [
         "| data | N | method | k searched | recall | widening steps | candidates / list | "
         "lists probed | plan s | warning |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (what, n), rows in latest.items():
-        for row in sorted(rows.values(), key=lambda r: r.split("|")[1].strip() != "gcbs"):
+        for row in sorted(rows.values(), key=lambda r: _first_cell(r) != "gcbs"):
             cells = [c.strip() for c in row.strip("|").split("|")]
             method, k, rec, _target, steps, cands, probed, secs, warn = cells
             out.append(
