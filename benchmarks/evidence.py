@@ -636,7 +636,9 @@ def recipe_run_group(
             method = group.gcbs_method if arm.method == "gcbs" else arm.method
             knobs = resolve_knobs(arm.knobs, epochs)
             tick = time.perf_counter()
-            student = group.make(seed, dict(arm.student))
+            options = dict(arm.student)
+            fn_when = options.pop("fn_when", "always")
+            student = group.make(seed, options)
             hook = None if group.on_epoch_start is None else group.on_epoch_start(student, seed)
             r = run(
                 student=student,
@@ -652,6 +654,7 @@ def recipe_run_group(
                 measure_gap=group.max_steps is None and k < gap_seeds,
                 on_epoch_start=hook,
                 eval_splits=group.eval_splits,
+                fn_when=fn_when,
             )
             r.update(arm=arm.name, arm_knobs=knobs, student_options=arm.student)
             r["wall_s"] = time.perf_counter() - tick

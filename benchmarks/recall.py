@@ -5,7 +5,9 @@ Parts (each prints Markdown; ``--out`` appends them to ``benchmarks/results/reca
 * ``curve N``: scale.py's clustered data (d = 768, topics of 4096, groups of 32) at N pairs,
   k = 130 (B3's ``p + m``): hardbatch's IVF (PCA-128 lists, exact per-list scoring) at
   widening candidate counts, the recall target loop's choice, and FAISS ``IndexHNSWFlat``
-  (M = 32) at an ``efSearch`` sweep. Recall@k on 256 seeded rows against their exact top-k.
+  (M = 32) at an ``efSearch`` sweep; with ``--pq`` also FAISS IVF-PQ and OPQ + IVF-PQ, each
+  re-ranked exactly (``IndexRefineFlat``), at an ``nprobe`` sweep. Recall@k on 256 seeded rows
+  against their exact top-k.
 * ``blobs N``: Gaussian blobs (64 points around N/64 centres ~ N(0, I) in 768-d, noise
   0.8·N(0, I) per point, query and target two views 0.3 apart), same measures (IVF only).
 * ``defaults N --family F``: ``hardbatch.plan("gcbs" | "b3")`` with every default
@@ -24,6 +26,7 @@ Parts (each prints Markdown; ``--out`` appends them to ``benchmarks/results/reca
 Usage::
 
     python benchmarks/recall.py curve 100000 --out
+    python benchmarks/recall.py curve 100000 --no-hnsw --pq --out
     python benchmarks/recall.py blobs 100000 --out
     python benchmarks/recall.py quality 50000 --out
     python benchmarks/recall.py defaults 1000000 --family blobs --out
@@ -51,6 +54,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "recall.md"
 DATA = Path("/tmp/hardbatch_recall_data")
 K = 130
 ROWS = 256
+#: PQ sub-quantisers of the IVF-PQ / OPQ indexes (768 / 64 = 12 dimensions each).
+PQ_M = 64
+#: PQ candidates re-ranked exactly per query, as a multiple of k.
+REFINE = 4
 
 
 def make_blobs(folder: Path, n: int, d: int = 768, seed: int = 0) -> tuple[Path, Path]:
@@ -113,19 +120,21 @@ def ivf_curve(q, t, levels: int, full: set[int]) -> list[str]:
     return out
 
 
+def _unit(a) -> np.ndarray:
+    """Rows scaled to unit length, float32 (FAISS's inner product is then the cosine)."""
+    a = np.asarray(a, dtype=np.float32)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
 def hnsw_curve(q, t, exact, rows, queries_timed: int = 10_000) -> list[str]:
     """FAISS IndexHNSWFlat (M = 32, efConstruction 40) on the normalised float32 targets."""
     import faiss
-
-    def unit(a):
-        a = np.asarray(a, dtype=np.float32)
-        return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     n, d = q.shape
     index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
     tick = time.perf_counter()
     for start in range(0, n, 50_000):
-        index.add(unit(t[start : start + 50_000]))
+        index.add(_unit(t[start : start + 50_000]))
     build = time.perf_counter() - tick
     timed = np.sort(np.random.default_rng(1).choice(n, size=min(n, queries_timed), replace=False))
     out = [
@@ -134,8 +143,8 @@ def hnsw_curve(q, t, exact, rows, queries_timed: int = 10_000) -> list[str]:
         "| efSearch | recall@130 (sample) | search s (N queries) | build + search s |",
         "|---|---|---|---|",
     ]
-    qs = unit(q[rows])
-    qt = unit(q[timed])
+    qs = _unit(q[rows])
+    qt = _unit(q[timed])
     for ef in (128, 256, 512):
         index.hnsw.efSearch = ef
         _, found = index.search(qs, K + 1)
@@ -147,6 +156,57 @@ def hnsw_curve(q, t, exact, rows, queries_timed: int = 10_000) -> list[str]:
             f"| {ef} | {ivf._hits(found, exact):.3f} | {search:.1f} | {build + search:.1f} |"
         )
         print(out[-1], flush=True)
+    return out
+
+
+def pq_curve(q, t, exact, rows, queries_timed: int = 10_000) -> list[str]:
+    """FAISS IVF-PQ, with and without an OPQ rotation, each followed by an exact re-ranking
+    of ``REFINE × k`` PQ candidates (``IndexRefineFlat``), on the normalised float32 vectors:
+    the compressed-index family next to the IVF with exact per-list scoring."""
+    import faiss
+
+    n, d = q.shape
+    n_lists = int(4 * np.sqrt(n))
+    train = _unit(
+        t[np.sort(np.random.default_rng(2).choice(n, size=min(n, 64 * n_lists), replace=False))]
+    )
+    timed = np.sort(np.random.default_rng(1).choice(n, size=min(n, queries_timed), replace=False))
+    qs, qt = _unit(q[rows]), _unit(q[timed])
+    out = [
+        f"\nIVF-PQ ({n_lists} lists, PQ{PQ_M} × 8 bits) and OPQ{PQ_M} + IVF-PQ, each re-ranked "
+        f"exactly over {REFINE}·k PQ candidates (`IndexRefineFlat`); trained on "
+        f"{len(train):,} targets; search time for all N queries extrapolated from {timed.size}.\n",
+        "| index | nprobe | recall@130 (sample) | build s | search s (N queries) "
+        "| build + search s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, spec in (
+        ("IVF-PQ", f"IVF{n_lists},PQ{PQ_M}"),
+        ("OPQ + IVF-PQ", f"OPQ{PQ_M},IVF{n_lists},PQ{PQ_M}"),
+    ):
+        tick = time.perf_counter()
+        base = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+        base.train(train)
+        index = faiss.IndexRefineFlat(base)
+        for start in range(0, n, 50_000):
+            index.add(_unit(t[start : start + 50_000]))
+        build = time.perf_counter() - tick
+        index.k_factor = REFINE
+        ivf_part = faiss.extract_index_ivf(base)
+        for n_probe in (16, 64, 256):
+            ivf_part.nprobe = n_probe
+            _, found = index.search(qs, K + 1)
+            found = np.array(
+                [[j for j in r if j != i][:K] for r, i in zip(found, rows, strict=True)]
+            )
+            tick = time.perf_counter()
+            index.search(qt, K + 1)
+            search = (time.perf_counter() - tick) * n / timed.size
+            out.append(
+                f"| {name} | {n_probe} | {ivf._hits(found, exact):.3f} | {build:.1f} | "
+                f"{search:.1f} | {build + search:.1f} |"
+            )
+            print(out[-1], flush=True)
     return out
 
 
@@ -170,18 +230,19 @@ def target_row(q, t) -> list[str]:
     ]
 
 
-def curve(kind: str, n: int, hnsw: bool, scan: bool) -> list[str]:
+def curve(kind: str, n: int, hnsw: bool, scan: bool, pq: bool = False) -> list[str]:
     q, t = load(kind, n)
     head = [f"\n### {kind} data, N = {n:,}, d = 768, k = {K}\n"]
     out = ivf_curve(q, t, levels=6 if kind == "scale" else 5, full={0} if scan else set())
     if scan:
         out += target_row(q, t)
-    if hnsw:
+    if hnsw or pq:
         rows = ivf.sample_rows(n, ROWS, 0)
         from hardbatch.similarity.exact import exact_rows_top_k
 
         exact = exact_rows_top_k(q, t, rows, K)
-        out += hnsw_curve(q, t, exact, rows)
+        out += hnsw_curve(q, t, exact, rows) if hnsw else []
+        out += pq_curve(q, t, exact, rows) if pq else []
     return head + out
 
 
@@ -308,6 +369,9 @@ def main() -> None:
     parser.add_argument("n", type=int)
     parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument(
+        "--pq", action="store_true", help="curve: also IVF-PQ and OPQ + IVF-PQ with re-ranking"
+    )
+    parser.add_argument(
         "--no-scan", action="store_true", help="sample recall only: no full scans (no times)"
     )
     parser.add_argument(
@@ -329,7 +393,11 @@ def main() -> None:
     else:
         kind = "scale" if args.part == "curve" else "blobs"
         lines = curve(
-            kind, args.n, hnsw=not args.no_hnsw and args.part == "curve", scan=not args.no_scan
+            kind,
+            args.n,
+            hnsw=not args.no_hnsw and args.part == "curve",
+            scan=not args.no_scan,
+            pq=args.pq,
         )
     lines.append(f"\nMachine: {machine_description(threads)}; shared, loaded (wall times ±30%).\n")
     text = "\n".join(lines)

@@ -137,6 +137,21 @@ def test_fn_stats_options():
         FalseNegativeStats("self", "relative", -1.0)
 
 
+def test_fn_stats_when_hard_masks_only_epochs_of_hard_batches():
+    student = unit([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    stats = FalseNegativeStats("teacher", teacher=(student, student))
+    stats.when = "hard"
+    full = [[False, True, False], [True, False, False], [False] * 3]
+    for hardness, expected in ((1.0, full), (0.25, full), (0.0, [[False] * 3] * 3)):
+        stats.start_epoch(hardness)
+        assert stats.mask(torch.arange(3), None, student, student).tolist() == expected
+    # Suspects are still counted in an unmasked epoch, and the summary names the option.
+    assert stats.fn_pairs == 6 and stats.summary()["fn_when"] == "hard"
+    stats.when = "sometimes"
+    with pytest.raises(ValueError, match="fn_when"):
+        stats.start_epoch(1.0)
+
+
 def test_frozen_fn_filter_is_the_teacher_mask():
     gen = np.random.default_rng(0)
     x = gen.normal(size=(40, 8)).astype(np.float32)

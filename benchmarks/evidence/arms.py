@@ -25,6 +25,8 @@ and the student's options (the false-negative mask). Knobs not among the benchma
 The recommended recipe is ``gcbs_default+mask_teacher``: the defaults and the mask's defaults.
 ``<arm>+mask_teacher``     the same batches, loss with the teacher false-negative mask
 ``<arm>+mask_self``        the same batches, loss with the student's own (detached) mask
+``<arm>+mask_teacher_hard`` the teacher mask only in epochs of hard batches (hardness > 0): an
+                           epoch of random batches (a decay's last) trains without it
 """
 
 from __future__ import annotations
@@ -54,7 +56,12 @@ def resolve_knobs(knobs: dict[str, Any], epochs: int) -> dict[str, Any]:
 
 
 #: Student options of the mask suffixes.
-MASKS = {"": {}, "+mask_teacher": {"fn_mask": "teacher"}, "+mask_self": {"fn_mask": "self"}}
+MASKS = {
+    "": {},
+    "+mask_teacher": {"fn_mask": "teacher"},
+    "+mask_self": {"fn_mask": "self"},
+    "+mask_teacher_hard": {"fn_mask": "teacher", "fn_when": "hard"},
+}
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,8 @@ class EpochBatches:
     planning_s: float = 0.0
     #: The hardness the epoch's plan was made with (its ``params["hardness"]``; GCBS / B3).
     dial: Any = None
+    #: The epoch's hardness (``plan.hardness.at(epoch)``; 0 for random batches).
+    hardness: float = 0.0
 
 
 @dataclass
@@ -249,7 +251,9 @@ class BatchSource:
         # Planning = everything the sampler did that was not the embedding pass.
         plan = getattr(self.sampler, "plan_", None)  # random sources have no plan
         dial = None if plan is None else plan.params.get("hardness")
-        return EpochBatches(batches, negatives, embed, max(total - embed, 0.0) + neg_s, dial)
+        hardness = 0.0 if plan is None else plan.hardness.at(epoch)
+        planning = max(total - embed, 0.0) + neg_s
+        return EpochBatches(batches, negatives, embed, planning, dial, hardness)
 
 
 def make_source(

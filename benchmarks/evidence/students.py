@@ -43,6 +43,8 @@ from hardbatch.losses import false_negative_mask
 TEMPERATURE = 0.05
 #: Where a student's false-negative mask is scored from.
 FN_MASKS = (None, "teacher", "self")
+#: When a mask applies (the arm option ``fn_when``): every epoch, or only epochs of hard batches.
+FN_WHEN = ("always", "hard")
 
 
 def info_nce(
@@ -146,6 +148,16 @@ class FalseNegativeStats:
         self.fn_pairs = 0
         self.neg_pairs = 0
         self.step_shares: list[float] = []
+        #: When the mask applies: "always", or "hard" (only in epochs of hardness > 0).
+        self.when = "always"
+        self.active = True
+
+    def start_epoch(self, hardness: float) -> None:
+        """Called before each epoch with its plan's hardness (0 for random batches):
+        ``when="hard"`` turns the mask off for an epoch of random batches."""
+        if self.when not in FN_WHEN:
+            raise ValueError(f"fn_when must be one of {FN_WHEN}, got {self.when!r}")
+        self.active = self.when == "always" or hardness > 0
 
     def mask(
         self,
@@ -168,7 +180,9 @@ class FalseNegativeStats:
             suspects = rule_mask(tq[ids], tt[all_ids], self.fn_rule, self.fn_margin)
             self.fn_pairs += int(suspects[:, :b].sum())
         self.neg_pairs += b * (b - 1)
-        if self.fn_mask == "teacher":
+        if not self.active:
+            masked = torch.zeros(b, len(all_ids), dtype=torch.bool)
+        elif self.fn_mask == "teacher":
             masked = suspects
         elif self.fn_mask == "self":
             masked = hardbatch.losses.false_negative_mask(
@@ -191,6 +205,8 @@ class FalseNegativeStats:
     def summary(self) -> dict:
         """What a run reports: the option and the teacher-suspect share (if counted)."""
         out = {"fn_mask": self.fn_mask, "fn_rule": self.fn_rule, "fn_margin": self.fn_margin}
+        if self.when != "always":
+            out["fn_when"] = self.when
         if self.teacher is not None and self.neg_pairs:
             out["suspect_fraction"] = self.fn_pairs / self.neg_pairs
         return out

@@ -41,6 +41,7 @@ def run(
     measure_gap: bool = True,
     on_epoch_start=None,
     eval_splits: tuple[str, ...] = ("valid", "test"),
+    fn_when: str = "always",
 ) -> dict[str, Any]:
     """Train ``student`` with ``method``'s batches; return metrics, gaps and timings.
 
@@ -64,7 +65,10 @@ def run(
         Measure the loss gap at every epoch start.
     on_epoch_start : callable epoch -> None, optional
         Called before the epoch is planned (the digits student draws its views here).
+    fn_when : {"always", "hard"}
+        When the student's false-negative mask applies (:class:`.students.FalseNegativeStats`).
     """
+    student.fn.when = fn_when
 
     def embed_fn(ids):
         return student.embed(np.asarray(ids))
@@ -88,6 +92,7 @@ def run(
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         served = source.epoch(epoch)
+        student.fn.start_epoch(served.hardness)
         row: dict[str, Any] = {
             "epoch": epoch,
             "extra_forward_s": served.extra_forward_s,
