@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+import hardbatch  # noqa: E402
 from hardbatch.losses import MaskedInfoNCELoss, false_negative_mask, info_nce  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -350,3 +351,68 @@ def test_benchmark_teacher_filter_is_this_rule():
         rows = teacher.diagonal() > 0
         assert rows.sum() >= 12 and old.any()
         np.testing.assert_array_equal(got[rows].numpy(), old[rows].numpy())
+
+
+# ---------------------------------------------------------------------------- mask advice
+def _mrr_loop(queries, targets):
+    """Slow reference: rank of target i among all targets for query i (ties against it)."""
+    q = np.asarray(queries, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    total = 0.0
+    for i in range(len(q)):
+        positive = q[i] @ t[i]
+        rank = sum(1 for j in range(len(t)) if q[i] @ t[j] >= positive)
+        total += 1.0 / rank
+    return total / len(q)
+
+
+def test_retrieval_mrr_matches_loop_reference():
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(1500, 8))
+    t = q + rng.normal(scale=1.5, size=q.shape)
+    assert hardbatch.losses.retrieval_mrr(q, t) == pytest.approx(_mrr_loop(q, t), abs=1e-12)
+    # A tie counts against the positive: two identical targets give rank 2 to both rows.
+    same = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert hardbatch.losses.retrieval_mrr(same, same) == pytest.approx(0.5)
+    # Above max_rows a seeded sample of the pairs is ranked among itself.
+    a = hardbatch.losses.retrieval_mrr(q, t, max_rows=200, seed=1)
+    rows = np.sort(np.random.default_rng([1, 7]).choice(1500, 200, replace=False))
+    assert a == pytest.approx(_mrr_loop(q[rows], t[rows]), abs=1e-12)
+
+
+def test_teacher_mask_advice_follows_the_ratio():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(300, 16))
+    sharp = (q, q + rng.normal(scale=0.5, size=q.shape))
+    blurred = (q, q + rng.normal(scale=3.0, size=q.shape))
+    passed = hardbatch.losses.teacher_mask_advice(student=sharp, teacher=blurred)
+    assert not passed.use_mask and passed.ratio > 1.05 and "without" in passed.reason
+    below = hardbatch.losses.teacher_mask_advice(student=blurred, teacher=sharp)
+    assert below.use_mask and below.ratio < 1 and below.student_mrr < below.teacher_mrr
+    equal = hardbatch.losses.teacher_mask_advice(student=sharp, teacher=sharp)
+    assert equal.use_mask and equal.ratio == pytest.approx(1.0)
+    assert not hardbatch.losses.teacher_mask_advice(sharp, sharp, max_ratio=0.9).use_mask
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_ratio": 0}, "max_ratio"),
+        ({"max_ratio": "x"}, "max_ratio"),
+        ({"student": (np.ones((3, 2)),)}, "student must be"),
+        ({"teacher": (np.ones((4, 2)), np.ones((4, 2)))}, "same validation pairs"),
+        ({"max_rows": 1}, "max_rows"),
+    ],
+)
+def test_teacher_mask_advice_errors(kwargs, match):
+    pair = (np.eye(3), np.eye(3))
+    args = {"student": pair, "teacher": pair, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        hardbatch.losses.teacher_mask_advice(**args)
+
+
+def test_retrieval_mrr_needs_pairs():
+    with pytest.raises(ValueError, match="pairs"):
+        hardbatch.losses.retrieval_mrr(np.eye(3), np.eye(4)[:, :3])

@@ -131,7 +131,7 @@ class HardnessSchedule:
 
         Why: in README's recipe evidence it trained better than constant hardness on every
         whole corpus (frozen code + teacher mask +1.3 MRR over random vs +0.6; the static
-        student +0.4 vs -1.2; WordNet without the mask +0.1 vs -1.0) and than a ramp up from
+        student +0.6 vs -1.2; WordNet without the mask +0.1 vs -1.0) and than a ramp up from
         random (-4.2 on the static student). A later epoch is random too and warns (:meth:`at`).
         """
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, (int, np.integer)):

@@ -15,6 +15,10 @@ Where the mask embeddings come from (none costs a forward pass):
   ``targets_``), indexed likewise: the student's embeddings from its last visit of each sample;
 * the student's own outputs of this step, detached (:class:`MaskedInfoNCELoss`'s default).
 
+Whether to mask with a teacher at all: :func:`teacher_mask_advice` compares the student's and
+the teacher's retrieval MRR on validation pairs (a student that passes its teacher is held back
+by the teacher's marks).
+
 Column layout: row ``i`` of ``queries`` is the positive pair of row ``i`` of ``targets``; the
 ``B'`` ≥ ``B`` targets are the ``B`` in-batch targets followed by any extra targets (mined hard
 negatives), which have no positive row. The positive ``(i, i)`` is never masked.
@@ -23,6 +27,7 @@ negatives), which have no positive row. The positive ``(i, i)`` is never masked.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RULES", "MaskedInfoNCELoss", "false_negative_mask", "info_nce"]
+__all__ = [
+    "RULES",
+    "TEACHER_MASK_MAX_RATIO",
+    "MaskedInfoNCELoss",
+    "TeacherMaskAdvice",
+    "false_negative_mask",
+    "info_nce",
+    "retrieval_mrr",
+    "teacher_mask_advice",
+]
 
 #: Rules of :func:`false_negative_mask`.
 RULES = ("relative", "absolute", "none")
@@ -372,3 +386,125 @@ class MaskedInfoNCELoss(nn.Module):
             f"temperature={self.temperature}, rule={self.rule!r}, margin={self.margin}, "
             f"mask_from={self.mask_from!r}, symmetric={self.symmetric}"
         )
+
+
+# ---------------------------------------------------------------------------- mask advice
+#: :func:`teacher_mask_advice`'s bound on the student's validation MRR over the teacher's.
+#: From README's recipe runs: the teacher mask helped (or was neutral) wherever the student
+#: trained on random batches stayed at most 2 % above its teacher (or below it), and cost
+#: 0.5-1.1 MRR where it passed it by 12 % or more (a frozen student on WordNet, fine-tuned
+#: encoders); 1.05 lies between.
+TEACHER_MASK_MAX_RATIO = 1.05
+#: Rows :func:`retrieval_mrr` scores at most (a seeded sample of the pairs beyond it).
+MRR_MAX_ROWS = 10_000
+
+
+def retrieval_mrr(
+    queries: Any, targets: Any, *, max_rows: int = MRR_MAX_ROWS, seed: int = 0
+) -> float:
+    """Mean reciprocal rank of target ``i`` for query ``i`` among the targets (cosine), over
+    the pairs or, above ``max_rows`` pairs, a seeded sample of ``max_rows`` of them (ranked
+    among the sampled targets). Ties count against the positive."""
+    q, t = _check_pair(queries, targets)
+    if t.shape[0] != q.shape[0]:
+        raise ValueError(
+            f"queries and targets must be pairs (row i of each), got {q.shape[0]} and "
+            f"{t.shape[0]} rows"
+        )
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
+        raise ValueError(f"max_rows must be an integer >= 2, got {max_rows!r}")
+    n = q.shape[0]
+    if n > max_rows:
+        rows = np.sort(np.random.default_rng([int(seed), 7]).choice(n, max_rows, replace=False))
+        index = torch.as_tensor(rows, device=q.device)
+        q, t = q[index], t[index]
+    q, t = F.normalize(q.double(), dim=1), F.normalize(t.double(), dim=1)
+    reciprocal = []
+    for start in range(0, q.shape[0], 1024):
+        scores = q[start : start + 1024] @ t.T
+        own = torch.arange(start, start + len(scores), device=q.device)
+        positive = scores[torch.arange(len(scores), device=q.device), own]
+        rank = (scores >= positive[:, None]).sum(dim=1)  # the positive itself counts once
+        reciprocal.append(1.0 / rank.double())
+    return float(torch.cat(reciprocal).mean())
+
+
+@dataclass(frozen=True)
+class TeacherMaskAdvice:
+    """What :func:`teacher_mask_advice` found.
+
+    Attributes
+    ----------
+    use_mask : bool
+        Whether to leave the teacher's suspected false negatives out of the loss.
+    student_mrr, teacher_mrr : float
+        Retrieval MRR of the validation pairs under each model's embeddings.
+    ratio : float
+        ``student_mrr / teacher_mrr``.
+    reason : str
+        One sentence a log can show.
+    """
+
+    use_mask: bool
+    student_mrr: float
+    teacher_mrr: float
+    ratio: float
+    reason: str
+
+
+def teacher_mask_advice(
+    student: tuple[Any, Any],
+    teacher: tuple[Any, Any],
+    *,
+    max_ratio: float = TEACHER_MASK_MAX_RATIO,
+    max_rows: int = MRR_MAX_ROWS,
+    seed: int = 0,
+) -> TeacherMaskAdvice:
+    """Whether the teacher's false-negative mask is worth it for this student.
+
+    The mask trusts the teacher to tell a false negative from a hard true one. A student that
+    retrieves better than its teacher has learnt to separate pairs the teacher confuses, and
+    the mask then holds back exactly those (README's recipe: the mask cost 0.5-1.1 MRR where
+    the random-batch student passed its teacher by 12 % or more, and helped where it did not).
+
+    Parameters
+    ----------
+    student, teacher : (queries, targets)
+        Embeddings of the same validation pairs (row ``i`` of each is a pair) by the student
+        *after training* (e.g. a run with random batches, or your current model; a fine-tuned
+        encoder starts as its teacher, so score it after training) and by the teacher.
+    max_ratio : float
+        Mask when ``student MRR <= max_ratio × teacher MRR``.
+    max_rows, seed : see :func:`retrieval_mrr`
+
+    Returns
+    -------
+    TeacherMaskAdvice
+    """
+    try:
+        bound = float(max_ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"max_ratio must be a number > 0, got {max_ratio!r}") from None
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"max_ratio must be a number > 0, got {max_ratio!r}")
+    pairs = {}
+    for name, pair in (("student", student), ("teacher", teacher)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"{name} must be a (queries, targets) pair of embeddings")
+        pairs[name] = pair
+    n_student, n_teacher = len(pairs["student"][0]), len(pairs["teacher"][0])
+    if n_student != n_teacher:
+        raise ValueError(
+            f"student and teacher must embed the same validation pairs, got {n_student} and "
+            f"{n_teacher} rows"
+        )
+    s_mrr = retrieval_mrr(*pairs["student"], max_rows=max_rows, seed=seed)
+    t_mrr = retrieval_mrr(*pairs["teacher"], max_rows=max_rows, seed=seed)
+    ratio = s_mrr / t_mrr if t_mrr > 0 else math.inf
+    use = ratio <= bound
+    verdict = "use the teacher mask" if use else "train without the teacher mask"
+    reason = (
+        f"student MRR {s_mrr:.3f} vs teacher {t_mrr:.3f} (ratio {ratio:.2f}, bound {bound:.2f}): "
+        f"{verdict}"
+    )
+    return TeacherMaskAdvice(use, s_mrr, t_mrr, ratio, reason)
