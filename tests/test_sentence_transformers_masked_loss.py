@@ -254,6 +254,31 @@ def test_teacher_rows_follow_the_batch_indices(model):
     assert not loss.last_mask_.any()
 
 
+def test_a_teacher_that_is_the_trained_model_warns_once(model):
+    """Teacher embeddings made by the model being fine-tuned: loud at the first batch (the
+    recipe's evidence: such a mask costs a fine-tuned encoder), silent for another teacher."""
+    columns = batch_texts(b=6, duplicates=0)
+    own = tuple(model.encode(list(c), convert_to_numpy=True) for c in columns)
+    model.train()  # encode() left it in eval mode
+    ids = np.arange(6)
+    for teacher, loud in ((own, True), ((own[0][:, ::-1].copy(), own[1]), False)):
+        config = StubConfig(model=model)
+        loss = FalseNegativeMaskedLoss(
+            MultipleNegativesRankingLoss(model),
+            mask_from="teacher",
+            embeddings=teacher,
+            config=config,
+        )
+        feats = features(model, columns)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                config.tracker_.push(None, ids)
+                loss(feats, None)
+        said = [w for w in caught if "trained model's own" in str(w.message)]
+        assert len(said) == (1 if loud else 0), [str(w.message) for w in caught]
+
+
 def test_teacher_embeddings_default_to_the_config_and_are_checked(model):
     tq = np.ones((4, 3), np.float32)
     config = StubConfig(model=model, embeddings=(tq, tq))

@@ -70,6 +70,10 @@ _GradCacheBase: type = CachedLossMixin if CachedLossMixin is not None else objec
 #: Values of ``mask_from``.
 MASK_SOURCES = ("self", "teacher", "recorded")
 
+#: Mean cosine between the teacher rows and the trained model's embeddings of a batch above
+#: which the teacher is taken to be the model itself (a fine-tune's starting point).
+SAME_MODEL_COSINE = 0.99
+
 #: Directions of the wrapped loss that the mask supports (the positive-pair directions).
 SUPPORTED_DIRECTIONS = ("query_to_doc", "doc_to_query")
 
@@ -189,6 +193,7 @@ class FalseNegativeMaskedLoss(nn.Module):
         self.history_: list[float] = []
         self._unlogged: list[float] = []
         self._warned = False
+        self._teacher_checked = False
 
     @staticmethod
     def _teacher_rows(embeddings: Any, config: MaskTarget | None) -> tuple[torch.Tensor, ...]:
@@ -325,6 +330,13 @@ class FalseNegativeMaskedLoss(nn.Module):
         if self.mask_from != "self":
             given = self._given_rows(batch, b, queries.device)
         local_q, local_t = queries.detach(), docs[0].detach()
+        if (
+            training
+            and self.mask_from == "teacher"
+            and given is not None
+            and not self._teacher_checked
+        ):
+            self._check_teacher_is_not_student(local_q, given)
         offset = 0
         if loss.gather_across_devices:
             # Same collectives as the wrapped loss, plus a no-grad gather of the mask rows.
@@ -375,6 +387,32 @@ class FalseNegativeMaskedLoss(nn.Module):
             # Recorded after the mask: a "recorded" mask compares with the previous visit.
             batch[0].record(batch[1], local_q, local_t)
         return value
+
+    def _check_teacher_is_not_student(
+        self, student_q: torch.Tensor, given: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> None:
+        """Warn once, at the first training batch the teacher rows are known for, when they
+        are the trained model's own embeddings (mean cosine > :data:`SAME_MODEL_COSINE`): a
+        fine-tuned encoder masked by its starting point. README's recipe: the teacher mask cost
+        every fine-tuned model 0.7-1.1 MRR (it holds back the pairs the model learns to
+        separate past its teacher)."""
+        mq, _, known = given
+        if not bool(known.any()) or mq.shape[1] != student_q.shape[1]:
+            return
+        self._teacher_checked = True
+        cosine = torch.nn.functional.cosine_similarity(
+            mq[known].float(), student_q[known].float(), dim=1
+        )
+        if float(cosine.mean()) > SAME_MODEL_COSINE:
+            warnings.warn(
+                "hardbatch FalseNegativeMaskedLoss(mask_from='teacher'): the teacher "
+                f"embeddings are the trained model's own (mean cosine {float(cosine.mean()):.3f} "
+                "on the first batch): fine-tuning an encoder with a mask scored by its starting "
+                "point cost 0.7-1.1 MRR in README's recipe runs; drop the mask (wrap_loss(loss)) "
+                "or check with hardbatch.losses.teacher_mask_advice after a run",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _note_share(self, mask_qd: torch.Tensor, training: bool) -> None:
         b, c = mask_qd.shape
