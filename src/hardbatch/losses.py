@@ -27,6 +27,7 @@ negatives), which have no positive row. The positive ``(i, i)`` is never masked.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -397,6 +398,9 @@ class MaskedInfoNCELoss(nn.Module):
 TEACHER_MASK_MAX_RATIO = 1.05
 #: Rows :func:`retrieval_mrr` scores at most (a seeded sample of the pairs beyond it).
 MRR_MAX_ROWS = 10_000
+#: Mean cosine of a student's and a teacher's embeddings of the same texts above which
+#: :func:`teacher_mask_advice` takes them for one model (scored before training).
+SAME_MODEL_COSINE = 0.99
 
 
 def retrieval_mrr(
@@ -427,6 +431,29 @@ def retrieval_mrr(
         rank = (scores >= positive[:, None]).sum(dim=1)  # the positive itself counts once
         reciprocal.append(1.0 / rank.double())
     return float(torch.cat(reciprocal).mean())
+
+
+def _warn_if_same_model(student: tuple[Any, Any], teacher: tuple[Any, Any]) -> None:
+    """Warn when the student's embeddings are the teacher's (mean cosine over the query and
+    target rows > :data:`SAME_MODEL_COSINE`): a model scored before training (a fine-tune's
+    start is its teacher), so the ratio says nothing about the trained student."""
+    rows = slice(0, MRR_MAX_ROWS)
+    cosines = []
+    for s_side, t_side, name in zip(student, teacher, ("queries", "targets"), strict=True):
+        s = _as_matrix(s_side, f"student {name}")[rows].double()
+        t = _as_matrix(t_side, f"teacher {name}", device=s.device)[rows].double()
+        if s.shape != t.shape:
+            return
+        cosines.append(F.cosine_similarity(s, t, dim=1))
+    mean = float(torch.cat(cosines).mean())
+    if mean > SAME_MODEL_COSINE:
+        warnings.warn(
+            f"teacher_mask_advice: the student embeddings are the teacher's (mean cosine "
+            f"{mean:.3f}); score the student after training (a fine-tuned encoder starts as its "
+            "teacher and passes it: no mask)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -500,6 +527,7 @@ def teacher_mask_advice(
         )
     s_mrr = retrieval_mrr(*pairs["student"], max_rows=max_rows, seed=seed)
     t_mrr = retrieval_mrr(*pairs["teacher"], max_rows=max_rows, seed=seed)
+    _warn_if_same_model(pairs["student"], pairs["teacher"])
     ratio = s_mrr / t_mrr if t_mrr > 0 else math.inf
     use = ratio <= bound
     verdict = "use the teacher mask" if use else "train without the teacher mask"
