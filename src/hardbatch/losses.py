@@ -69,14 +69,19 @@ def _check_rule(rule: Any, margin: Any) -> tuple[str, float]:
     return rule, value
 
 
-def _check_temperature(temperature: Any) -> float:
+def _check_positive(value: Any, name: str) -> float:
+    """A finite number > 0 (``ValueError`` naming ``name`` otherwise)."""
     try:
-        value = float(temperature)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a number, got {temperature!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
-    return value
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return number
+
+
+def _check_temperature(temperature: Any) -> float:
+    return _check_positive(temperature, "temperature")
 
 
 def _as_matrix(a: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
@@ -508,12 +513,7 @@ def teacher_mask_advice(
     -------
     TeacherMaskAdvice
     """
-    try:
-        bound = float(max_ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"max_ratio must be a number > 0, got {max_ratio!r}") from None
-    if not (math.isfinite(bound) and bound > 0):
-        raise ValueError(f"max_ratio must be a number > 0, got {max_ratio!r}")
+    bound = _check_positive(max_ratio, "max_ratio")
     pairs = {}
     for name, pair in (("student", student), ("teacher", teacher)):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
