@@ -489,6 +489,36 @@ def test_configure_forwards_the_hardness_dial(model):
     assert pickle.loads(pickle.dumps(config)).method_params["hardness"] == schedule
 
 
+def test_hardness_decay_follows_the_trainers_epochs(model, tmp_path):
+    """hardness="decay": HardBatchTrainer resolves HardnessSchedule.decay(num_train_epochs);
+    without it, or with max_steps, the run stops with an error naming the fix."""
+    config = HardBatchSampler.configure(
+        method="gcbs", model=model, quantile=0.9, hardness="decay"
+    )  # fmt: skip
+    assert config.decays and pickle.loads(pickle.dumps(config)).method_params["hardness"] == "decay"
+    train(model, make_dataset(80), config, MultipleNegativesRankingLoss(model), epochs=3,
+          trainer_cls=HardBatchTrainer, output_dir=tmp_path)  # fmt: skip
+    sampler = config.samplers_[0]
+    decay = hardbatch.HardnessSchedule.decay(3)
+    assert sampler.decay_schedule == decay
+    # GCBS re-plans every epoch at the epoch's dial: random batches at the last one.
+    assert [h["epoch"] for h in sampler.history_] == [0, 1, 2]
+    assert sampler.sampler_.plan_.params["hardness"] == decay.at(2) == 0.0
+    # The sentence-transformers trainer cannot tell the epochs: an error before any step.
+    plain = HardBatchSampler.configure(method="gcbs", model=model, hardness="decay")
+    with pytest.raises(ValueError, match="HardBatchTrainer"):
+        train(model, make_dataset(80), plain, MultipleNegativesRankingLoss(model),
+              output_dir=tmp_path)  # fmt: skip
+    steps = HardBatchSampler.configure(method="gcbs", model=model, hardness="decay")
+    with pytest.raises(ValueError, match="max_steps"):
+        train(model, make_dataset(80), steps, MultipleNegativesRankingLoss(model),
+              trainer_cls=HardBatchTrainer, output_dir=tmp_path, args={"max_steps": 7})  # fmt: skip
+    one = HardBatchSampler.configure(method="gcbs", model=model, hardness="decay")
+    with pytest.raises(ValueError, match="n_epochs >= 2"):
+        train(model, make_dataset(80), one, MultipleNegativesRankingLoss(model), epochs=1,
+              trainer_cls=HardBatchTrainer, output_dir=tmp_path)  # fmt: skip
+
+
 def distinct_anchor_dataset(n=64):
     """Anchors made of distinct word pairs: their token ids name the sample."""
     anchors = [f"{WORDS[i % 25]} {WORDS[i // 25]} {WORDS[(3 * i) % 25]}" for i in range(n)]

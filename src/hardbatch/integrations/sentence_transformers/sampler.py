@@ -16,6 +16,7 @@ from torch import nn
 
 from ...batching import epoch_rng
 from ...distributed import torch_ddp as ddp
+from ...hardness import HardnessSchedule
 from ...methods import get_method
 from ...methods.base import check_planning
 from ...recording import BatchTracker, to_numpy_rows
@@ -25,6 +26,19 @@ from ...validation import check_optional_bool
 from ..huggingface import select_rows, text_columns, text_duplicate_ids
 from .loss import RecordingLoss
 from .masked_loss import FalseNegativeMaskedLoss
+
+#: ``hardness="decay"``: :meth:`HardnessSchedule.decay` over the run's epochs, which
+#: :class:`~hardbatch.sentence_transformers.HardBatchTrainer` reads from its arguments.
+DECAY = "decay"
+
+
+def _planning_params(params: dict[str, Any], schedule: HardnessSchedule | None) -> dict[str, Any]:
+    """``params`` with ``hardness="decay"`` replaced by ``schedule`` (a two-epoch decay, only
+    to check the other parameters, when the run's schedule is not known yet)."""
+    if params.get("hardness") != DECAY:
+        return params
+    return {**params, "hardness": schedule or HardnessSchedule.decay(2)}
+
 
 try:  # sentence-transformers >= 6 moved the samplers to `base`
     from sentence_transformers.base.sampler import DefaultBatchSampler
@@ -90,7 +104,10 @@ class HardBatchConfig:
     ) -> None:
         # Unknown methods and bad parameters -> ValueError now, not inside the trainer (the
         # batch size and the dataset come with the trainer's first sampler: checked there).
-        check_planning(method, method_params, n_samples=None, batch_size=None, seed=seed)
+        check_planning(
+            method, _planning_params(method_params, None), n_samples=None, batch_size=None,
+            seed=seed,
+        )  # fmt: skip
         if refresh not in REFRESH_POLICIES:
             raise ValueError(f"refresh must be one of {REFRESH_POLICIES}, got {refresh!r}")
         if duplicates not in DUPLICATE_RULES:
@@ -118,6 +135,8 @@ class HardBatchConfig:
         self.encode_kwargs = dict(encode_kwargs or {})
         self.progress = check_optional_bool(progress, "progress")
         self.method_params = method_params
+        #: Whether ``hardness="decay"`` (resolved per training sampler from the run's epochs).
+        self.decays = method_params.get("hardness") == DECAY
         self.samplers_: list[SentenceTransformersHardBatchSampler] = []
         self.tracker_: BatchTracker | None = None
         # The first dataloader build without an explicit `training=`: its generator and
@@ -273,12 +292,14 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
                     f"{dataset.column_names} (set query_column= / target_column=)"
                 )
         self.for_training = bool(training)
+        #: The run's hardness schedule for ``hardness="decay"`` (set by HardBatchTrainer).
+        self.decay_schedule: HardnessSchedule | None = None
         self._sampler: CoreHardBatchSampler | None = None
         if self.hard:
             # Before any embedding pass (the teacher's runs at the first use of the sampler).
             check_planning(
                 self.config.method,
-                self.config.method_params,
+                _planning_params(self.config.method_params, None),
                 n_samples=len(dataset),
                 batch_size=batch_size,
                 drop_last=bool(drop_last),
@@ -325,6 +346,9 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
             Progress bar of the embedding pass.
         **method_params
             Passed to ``hardbatch.plan`` (``quantile=``, ``top_k=``, ``cluster_size=``, ...).
+            ``hardness="decay"``: ``HardnessSchedule.decay`` over the run's epochs, which
+            :class:`~hardbatch.sentence_transformers.HardBatchTrainer` reads from
+            ``num_train_epochs`` (README's recipe; any other trainer raises at the first use).
         """
         return HardBatchConfig(method, **kwargs)
 
@@ -394,8 +418,18 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
             shard=False,  # accelerate shards the batch stream across ranks
             duplicate_ids=self._duplicate_ids(),
             progress=cfg.progress,
-            **cfg.method_params,
+            **self._method_params(),
         )
+
+    def _method_params(self) -> dict[str, Any]:
+        """The config's method parameters, ``hardness="decay"`` resolved for this run."""
+        if self.config.decays and self.decay_schedule is None:
+            raise ValueError(
+                "hardness='decay' needs the run's epoch count: train with hardbatch's "
+                "HardBatchTrainer (it reads num_train_epochs), or pass "
+                "hardness=HardnessSchedule.decay(n_epochs)"
+            )
+        return _planning_params(self.config.method_params, self.decay_schedule)
 
     def _duplicate_ids(self) -> np.ndarray | None:
         rule = self.config.duplicates

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...checkpoint import load_state, save_state
+from ...hardness import HardnessSchedule
 from .masked_loss import masked_share_logs
 from .sampler import HardBatchConfig, SentenceTransformersHardBatchSampler
 
@@ -157,6 +158,16 @@ class HardBatchTrainerMixin:
             logs = {**logs, **masked_share_logs(self.loss)}
         return super().log(logs, *args, **kwargs)
 
+    def _decay_schedule(self) -> HardnessSchedule:
+        """``hardness="decay"``: ``HardnessSchedule.decay`` over ``num_train_epochs``
+        (rounded up: a partial last epoch is the random one)."""
+        if self.args.max_steps is not None and self.args.max_steps > 0:
+            raise ValueError(
+                "hardness='decay' counts epochs, but max_steps is set: pass "
+                "hardness=HardnessSchedule.decay(n_epochs) for the epochs those steps cover"
+            )
+        return HardnessSchedule.decay(math.ceil(self.args.num_train_epochs))
+
     def get_batch_sampler(
         self,
         dataset: Any,
@@ -179,6 +190,8 @@ class HardBatchTrainerMixin:
             )
             if sampler.for_training:
                 self.hardbatch_callback.samplers.append(sampler)
+                if config.decays:
+                    sampler.decay_schedule = self._decay_schedule()
             return sampler
         return super().get_batch_sampler(
             dataset,
