@@ -886,6 +886,12 @@ def main(argv=None) -> int:
         default=None,
         help="--parts recipe: exactly these seeds, for every student",
     )
+    ap.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="train pairs of the text tasks (a seeded subset; valid / test as in the profile)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="output folder")
     ap.add_argument(
@@ -920,6 +926,11 @@ def main(argv=None) -> int:
             if not 1 <= args.seeds <= len(seeds):
                 raise SystemExit(f"--seeds must be in 1..{len(seeds)} for profile {profile!r}")
             cfg["recipe"][student]["seeds"] = seeds[: args.seeds]
+    if args.train_limit is not None:  # e.g. a corpus size between the subsets and the whole
+        if args.train_limit < 2:
+            raise SystemExit(f"--train-limit must be >= 2, got {args.train_limit}")
+        cfg = copy.deepcopy(cfg)
+        cfg["limit"] = {**cfg["limit"], "train": args.train_limit}
     out_dir = args.out or RESULTS / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
