@@ -25,7 +25,9 @@ give the sampler ``shard=False`` and the *per-device* batch size::
                                 collate_fn=self.data_collator)
             return self.accelerator.prepare(loader)
 
-The Trainer calls ``set_epoch`` on the batch sampler at every epoch start.
+The Trainer calls ``set_epoch`` on the batch sampler at every epoch start. README's recipe
+decays the hardness over the run: ``HardBatchSampler(..., hardness=HardnessSchedule.decay(
+math.ceil(args.num_train_epochs)))``.
 """
 
 from __future__ import annotations

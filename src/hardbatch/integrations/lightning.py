@@ -9,7 +9,8 @@ Recipe::
             self.dataset, self.encoder = dataset, encoder
             self.sampler = HardBatchSampler(
                 n_samples=len(dataset), batch_size=256,        # global batch under DDP
-                method="gcbs", refresh="recorded")           # or embed_fn=..., refresh="epoch"
+                method="gcbs", refresh="recorded",           # or embed_fn=..., refresh="epoch"
+                hardness=HardnessSchedule.decay(MAX_EPOCHS)) # README's recipe: hard -> random
 
         def train_dataloader(self):
             return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=4)
@@ -19,7 +20,8 @@ Recipe::
             self.sampler.record(q, t)                        # refresh="recorded" only
             return info_nce(q, t)
 
-    trainer = L.Trainer(use_distributed_sampler=False,      # the sampler shards itself
+    trainer = L.Trainer(max_epochs=MAX_EPOCHS,             # the decay's epoch count
+                        use_distributed_sampler=False,      # the sampler shards itself
                         callbacks=[make_callback()])
 
 * Lightning calls ``set_epoch`` on a DataLoader's ``batch_sampler`` at every epoch start, so
