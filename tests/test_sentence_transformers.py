@@ -501,6 +501,15 @@ def test_hardness_decay_follows_the_trainers_epochs(model, tmp_path):
     sampler = config.samplers_[0]
     decay = hardbatch.HardnessSchedule.decay(3)
     assert sampler.decay_schedule == decay
+    # Evaluation samplers serving hard batches get the run's schedule too.
+    hard_eval = HardBatchSampler.configure(
+        method="gcbs", model=model, quantile=0.9, hardness="decay", eval_batches="hard"
+    )
+    train(model, make_dataset(80), hard_eval, MultipleNegativesRankingLoss(model), epochs=2,
+          trainer_cls=HardBatchTrainer, output_dir=tmp_path,
+          eval_dataset=make_dataset(40, seed=5))  # fmt: skip
+    evals = [s for s in hard_eval.samplers_ if not s.for_training]
+    assert evals and all(s.decay_schedule == hardbatch.HardnessSchedule.decay(2) for s in evals)
     # GCBS re-plans every epoch at the epoch's dial: random batches at the last one.
     assert [h["epoch"] for h in sampler.history_] == [0, 1, 2]
     assert sampler.sampler_.plan_.params["hardness"] == decay.at(2) == 0.0

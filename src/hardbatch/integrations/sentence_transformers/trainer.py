@@ -190,8 +190,8 @@ class HardBatchTrainerMixin:
             )
             if sampler.for_training:
                 self.hardbatch_callback.samplers.append(sampler)
-                if config.decays:
-                    sampler.decay_schedule = self._decay_schedule()
+            if config.decays and sampler.hard:  # eval_batches="hard" plans the method too
+                sampler.decay_schedule = self._decay_schedule()
             return sampler
         return super().get_batch_sampler(
             dataset,
