@@ -403,8 +403,9 @@ class MaskedInfoNCELoss(nn.Module):
 TEACHER_MASK_MAX_RATIO = 1.05
 #: Rows :func:`retrieval_mrr` scores at most (a seeded sample of the pairs beyond it).
 MRR_MAX_ROWS = 10_000
-#: Mean cosine of a student's and a teacher's embeddings of the same texts above which
-#: :func:`teacher_mask_advice` takes them for one model (scored before training).
+#: Mean cosine of a student's and a teacher's embeddings of the same texts above which they
+#: are taken for one model (:func:`teacher_mask_advice`: scored before training; the
+#: sentence-transformers ``FalseNegativeMaskedLoss``: a fine-tune masked by its start).
 SAME_MODEL_COSINE = 0.99
 
 

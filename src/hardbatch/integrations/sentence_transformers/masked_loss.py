@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...losses import _check_rule, false_negative_mask
+from ...losses import SAME_MODEL_COSINE, _check_rule, false_negative_mask
 from ...recording import BatchTracker, EmbeddingRecorder
 from .loss import _batch_len
 
@@ -69,10 +69,6 @@ _GradCacheBase: type = CachedLossMixin if CachedLossMixin is not None else objec
 
 #: Values of ``mask_from``.
 MASK_SOURCES = ("self", "teacher", "recorded")
-
-#: Mean cosine between the teacher rows and the trained model's embeddings of a batch above
-#: which the teacher is taken to be the model itself (a fine-tune's starting point).
-SAME_MODEL_COSINE = 0.99
 
 #: Directions of the wrapped loss that the mask supports (the positive-pair directions).
 SUPPORTED_DIRECTIONS = ("query_to_doc", "doc_to_query")

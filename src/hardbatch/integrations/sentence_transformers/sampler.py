@@ -135,8 +135,6 @@ class HardBatchConfig:
         self.encode_kwargs = dict(encode_kwargs or {})
         self.progress = check_optional_bool(progress, "progress")
         self.method_params = method_params
-        #: Whether ``hardness="decay"`` (resolved per training sampler from the run's epochs).
-        self.decays = method_params.get("hardness") == DECAY
         self.samplers_: list[SentenceTransformersHardBatchSampler] = []
         self.tracker_: BatchTracker | None = None
         # The first dataloader build without an explicit `training=`: its generator and
@@ -195,6 +193,11 @@ class HardBatchConfig:
                 datasets.append(dataset)
             return True
         return any(d is dataset for d in datasets)  # a rebuilt training loader
+
+    @property
+    def decays(self) -> bool:
+        """Whether ``hardness="decay"`` (resolved per sampler from the run's epochs)."""
+        return self.method_params.get("hardness") == DECAY
 
     @property
     def tracker(self) -> BatchTracker:
