@@ -196,6 +196,12 @@ RECIPE_COLUMNS = [
         "mrr",
     ),  # fmt: skip
     (
+        "code, top layers fine-tuned (full corpus, CPU)",
+        "recipe_full/finetune_top_code",
+        "recipe_finetune_top_code",
+        "mrr",
+    ),  # fmt: skip
+    (
         "WordNet, frozen (full corpus)",
         "recipe_full/frozen_wordnet",
         "recipe_frozen_wordnet",
@@ -205,6 +211,12 @@ RECIPE_COLUMNS = [
         "WordNet, static (full corpus)",
         "recipe_full/static_wordnet",
         "recipe_static_wordnet",
+        "mrr",
+    ),  # fmt: skip
+    (
+        "WordNet, top layers fine-tuned (full corpus, CPU)",
+        "recipe_full/finetune_top_wordnet",
+        "recipe_finetune_top_wordnet",
         "mrr",
     ),  # fmt: skip
     ("code, frozen", "recipe/frozen_code", "recipe_frozen_code", "mrr"),
@@ -246,19 +258,28 @@ RECIPE_ROWS = [
         "gcbs_decay+mask_teacher",
     ),  # fmt: skip
 ]
-#: The recipe's arms: with the teacher mask, and without it where :func:`mask_rule` says so.
+#: The recipe's arms. A head over frozen features or a static embedding table: the decay with
+#: the teacher mask, and without it where :func:`mask_rule` says so. A fine-tuned encoder: the
+#: defaults (constant ``hardness="auto"``), no mask.
 RECIPE = "gcbs_decay+mask_teacher"
 RECIPE_NO_MASK = "gcbs_decay"
+RECIPE_FINE_TUNED = "gcbs_default"
 #: The mask rule's bound on the random-batch student's validation MRR over the teacher's
 #: zero-shot one: the library's (above it, the student has passed its teacher and the mask
 #: costs; chosen from these runs, see ``hardbatch.losses.TEACHER_MASK_MAX_RATIO``).
 MASK_RULE_RATIO = TEACHER_MASK_MAX_RATIO
 #: Columns of fine-tuned encoders (the student starts as the teacher and trains past it).
-FINE_TUNED = {"recipe/finetune_top_code", "recipe_gpu/finetune_code"}
+FINE_TUNED = {
+    "recipe/finetune_top_code",
+    "recipe_full/finetune_top_code",
+    "recipe_full/finetune_top_wordnet",
+    "recipe_gpu/finetune_code",
+}
 #: Columns whose runs test on another subset than the one the results file's teacher
 #: zero-shot score was measured on (the top-layer fine-tune draws its own 1 600 / 200 / 400).
 OTHER_TEST_SPLIT = {"recipe/finetune_top_code"}
-#: The arm whose ``hardness="auto"`` choice the table's last row shows.
+#: The arm whose ``hardness="auto"`` choice the table's last row shows (``gcbs_default`` where
+#: a column has no masked run).
 AUTO_ARM = "gcbs_default+mask_teacher"
 
 
@@ -278,24 +299,24 @@ def _recipe_arms(folder: str, key: str) -> dict[str, list[dict]]:
     return by
 
 
-def _teacher_zero_shot(folder: str) -> dict[str, float] | None:
-    """The teacher's own MRR per split (all-MiniLM-L6-v2 zero-shot), as the results file
-    records it; None where there is none (digits: the teacher is pixels) or where the runs
-    test on another subset (:data:`OTHER_TEST_SPLIT`)."""
+def _teacher_zero_shot(folder: str, key: str) -> dict[str, float] | None:
+    """The teacher's own MRR per split (all-MiniLM-L6-v2 zero-shot) on the task of the group
+    ``key`` (``recipe_<student>_<task>``), as the results file records it; None where there
+    is none (digits: the teacher is pixels) or where the runs test on another subset
+    (:data:`OTHER_TEST_SPLIT`)."""
     path = RESULTS / "evidence" / folder / "results.json"
     if folder in OTHER_TEST_SPLIT or not path.exists():
         return None
-    data = json.loads(path.read_text()).get("data", {})
-    scores = [task["teacher_zero_shot"] for task in data.values()
-              if isinstance(task, dict) and "teacher_zero_shot" in task]  # fmt: skip
-    return {split: v["mrr"] for split, v in scores[0].items()} if len(scores) == 1 else None
+    task = json.loads(path.read_text()).get("data", {}).get(key.rsplit("_", 1)[1], {})
+    scores = task.get("teacher_zero_shot") if isinstance(task, dict) else None
+    return None if scores is None else {split: v["mrr"] for split, v in scores.items()}
 
 
-def mask_rule(folder: str, by: dict[str, list[dict]]) -> tuple[bool, float | None]:
+def mask_rule(folder: str, key: str, by: dict[str, list[dict]]) -> tuple[bool, float | None]:
     """The recipe's mask rule for a column: ``(mask?, student / teacher validation MRR)``.
     No mask for a fine-tuned encoder or a student whose random-batch validation MRR passes
     the teacher's zero-shot one by more than :data:`MASK_RULE_RATIO`; else the mask."""
-    teacher = _teacher_zero_shot(folder)
+    teacher = _teacher_zero_shot(folder, key)
     ratio = None
     if teacher is not None and by.get("random"):
         valid = [r["valid"]["mrr"] for r in by["random"]]
@@ -311,6 +332,7 @@ def recipe() -> str:
     mask (all paired by seed; seeds in brackets)."""
     columns = [(label, folder, _recipe_arms(folder, key), metric) for label, folder, key, metric
                in RECIPE_COLUMNS]  # fmt: skip
+    keys = [key for _, _f, key, _m in RECIPE_COLUMNS]
     out = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     cells = [
         f"{report._ms([r['test'][m] for r in by['random']])} ({len(by['random'])})"
@@ -319,10 +341,12 @@ def recipe() -> str:
         for _, _f, by, m in columns
     ]
     out.append("| random (test MRR / kNN acc. ×100, seeds) | " + " | ".join(cells) + " |")
-    teacher = [_teacher_zero_shot(folder) for _, folder, _, _ in columns]
+    teacher = [_teacher_zero_shot(folder, key) for (_, folder, _, _), key
+               in zip(columns, keys, strict=True)]  # fmt: skip
     cells = ["–" if t is None else f"{100 * t['test']:.1f}" for t in teacher]
     out.append("| the teacher itself, zero-shot (test MRR ×100) | " + " | ".join(cells) + " |")
-    rules = [mask_rule(folder, by) for _, folder, by, _ in columns]
+    rules = [mask_rule(folder, key, by) for (_, folder, by, _), key
+             in zip(columns, keys, strict=True)]  # fmt: skip
     cells = ["–" if ratio is None else f"{ratio:.2f}" for _, ratio in rules]
     out.append(
         "| random-batch student / teacher, validation MRR | " + " | ".join(cells) + " |"
@@ -331,23 +355,28 @@ def recipe() -> str:
         row = [_paired_delta(by.get("random", []), by[arm], m) if arm in by else "–"
                for _, _f, by, m in columns]  # fmt: skip
         out.append(f"| {label} | " + " | ".join(row) + " |")
-    chosen = [RECIPE if mask else RECIPE_NO_MASK for mask, _ in rules]
+    chosen = [
+        RECIPE_FINE_TUNED if folder in FINE_TUNED else RECIPE if mask else RECIPE_NO_MASK
+        for (_, folder, _b, _m), (mask, _) in zip(columns, rules, strict=True)
+    ]
+    marks = {RECIPE: "", RECIPE_NO_MASK: " (no mask)", RECIPE_FINE_TUNED: " (defaults)"}
     row = [
-        _paired_delta(by.get("random", []), by[arm], m) + ("" if arm == RECIPE else " (no mask)")
-        if arm in by
-        else "–"
+        _paired_delta(by.get("random", []), by[arm], m) + marks[arm] if arm in by else "–"
         for (_, _f, by, m), arm in zip(columns, chosen, strict=True)
     ]
     out.append(
-        "| **recipe: GCBS defaults, `hardness=HardnessSchedule.decay(E)`, + mask unless the "
-        "student passes its teacher** | " + " | ".join(row) + " |"
+        "| **recipe: GCBS defaults; a fine-tuned encoder: nothing else (constant hardness, no "
+        "mask); a head over frozen features or a static table: `hardness=HardnessSchedule."
+        "decay(E)` + mask unless the student passes its teacher** | " + " | ".join(row) + " |"
     )
     row = []
     for (_, _f, by, m), arm in zip(columns, chosen, strict=True):
         base = "random+mask_teacher" if arm == RECIPE else "random"
         row.append(_paired_delta(by[base], by[arm], m) if arm in by and base in by else "–")
     out.append("| **recipe vs random with the same mask** | " + " | ".join(row) + " |")
-    dials = [report._dial(by.get(AUTO_ARM, [])) for _, _f, by, _m in columns]
+    # The masked arm's choice, or the unmasked one's where a column ran only that.
+    dials = [report._dial(by.get(AUTO_ARM) or by.get("gcbs_default", []))
+             for _, _f, by, _m in columns]  # fmt: skip
     out.append('| mean `hardness` that `"auto"` chose (constant) | ' + " | ".join(dials) + " |")
     return "\n".join(out)
 

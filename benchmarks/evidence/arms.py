@@ -22,7 +22,8 @@ and the student's options (the false-negative mask). Knobs not among the benchma
 ``b3_dial05``              ``b3_default`` at ``hardness=0.5``
 ``b3_decay``               ``b3_default`` with ``gcbs_decay``'s schedule
 
-The recommended recipe is ``gcbs_decay+mask_teacher`` where the student does not pass its
+The recommended recipe is ``gcbs_default`` for a fine-tuned encoder; for a head over frozen
+features or a static table ``gcbs_decay+mask_teacher`` where the student does not pass its
 teacher and ``gcbs_decay`` where it does (README; ``readme_figures.mask_rule``).
 ``<arm>+mask_teacher``     the same batches, loss with the teacher false-negative mask
 ``<arm>+mask_self``        the same batches, loss with the student's own (detached) mask

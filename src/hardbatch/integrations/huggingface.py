@@ -25,8 +25,10 @@ give the sampler ``shard=False`` and the *per-device* batch size::
                                 collate_fn=self.data_collator)
             return self.accelerator.prepare(loader)
 
-The Trainer calls ``set_epoch`` on the batch sampler at every epoch start. README's recipe
-decays the hardness over the run: ``HardBatchSampler(..., hardness=HardnessSchedule.decay(
+The Trainer calls ``set_epoch`` on the batch sampler at every epoch start. README's recipe for
+fine-tuning a transformer is the sampler's defaults (constant hardness, no false-negative
+mask); for a head over frozen features or a static embedding table it decays the hardness over
+the run: ``HardBatchSampler(..., hardness=HardnessSchedule.decay(
 math.ceil(args.num_train_epochs)))``.
 """
 

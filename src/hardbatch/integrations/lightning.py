@@ -9,8 +9,9 @@ Recipe::
             self.dataset, self.encoder = dataset, encoder
             self.sampler = HardBatchSampler(
                 n_samples=len(dataset), batch_size=256,        # global batch under DDP
-                method="gcbs", refresh="recorded",           # or embed_fn=..., refresh="epoch"
-                hardness=HardnessSchedule.decay(MAX_EPOCHS)) # README's recipe: hard -> random
+                method="gcbs", refresh="recorded")           # or embed_fn=..., refresh="epoch"
+            # README's recipe: these defaults to fine-tune an encoder; a head over frozen
+            # features or a static table: hardness=HardnessSchedule.decay(MAX_EPOCHS)
 
         def train_dataloader(self):
             return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=4)
@@ -20,7 +21,7 @@ Recipe::
             self.sampler.record(q, t)                        # refresh="recorded" only
             return info_nce(q, t)
 
-    trainer = L.Trainer(max_epochs=MAX_EPOCHS,             # the decay's epoch count
+    trainer = L.Trainer(max_epochs=MAX_EPOCHS,             # a decay's epoch count
                         use_distributed_sampler=False,      # the sampler shards itself
                         callbacks=[make_callback()])
 

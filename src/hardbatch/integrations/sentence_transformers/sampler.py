@@ -351,7 +351,9 @@ class SentenceTransformersHardBatchSampler(DefaultBatchSampler):
             Passed to ``hardbatch.plan`` (``quantile=``, ``top_k=``, ``cluster_size=``, ...).
             ``hardness="decay"``: ``HardnessSchedule.decay`` over the run's epochs, which
             :class:`~hardbatch.sentence_transformers.HardBatchTrainer` reads from
-            ``num_train_epochs`` (README's recipe; any other trainer raises at the first use).
+            ``num_train_epochs`` (README's recipe for a ``StaticEmbedding`` model; a
+            fine-tuned transformer trained best with the default, constant hardness; any
+            other trainer raises at the first use).
         """
         return HardBatchConfig(method, **kwargs)
 
