@@ -33,10 +33,8 @@ randomness. Such a plan warns once per ``(method, reason)`` per process with a
 The dial (``hardness=`` of every hard method, :class:`HardnessSchedule` over epochs): each
 batch keeps its first ``round(h·b)`` members, and the released members of all batches are
 shuffled together into the free slots (:func:`hardbatch.batching.mix_random_fill`).
-:meth:`HardnessSchedule.decay` (1 at epoch 0 down to 0 at the run's last epoch) is the
-schedule README's recipe recommends for heads over frozen features and static embedding
-tables: it trained them best in the recipe evidence. A fine-tuned encoder trained best with
-constant hardness (the default).
+:meth:`HardnessSchedule.decay` (1 at epoch 0 down to 0 at the last epoch) is README's recipe
+for heads over frozen features and static tables (a fine-tuned encoder: constant hardness).
 
 ``hardness="auto"`` (the default of GCBS and B3) picks the dial from the data: the share of
 **teacher-suspect pairs in random batches** — pairs ``(i, j)``, ``j != i``, whose cosine
@@ -131,12 +129,10 @@ class HardnessSchedule:
         """Hard batches first, random ones last: ``start`` (1: the method's own batches) at
         epoch 0, linearly down to 0 (random) at the run's last epoch, ``n_epochs - 1`` (>= 1).
 
-        Why: in README's recipe evidence it trained heads over frozen features and static
-        embedding tables better than constant hardness on every whole corpus (frozen code +
-        teacher mask +1.3 MRR over random vs +0.6; the static student +0.6 vs -1.2; WordNet
-        without the mask +0.1 vs -1.0) and than a ramp up from random (-4.2 on the static
-        student). Not a fine-tuned encoder: it gains more from constant hardness (the
-        default; README). A later epoch is random too and warns (:meth:`at`).
+        Why: in README's recipe it trained frozen heads and static tables better than constant
+        hardness on every whole corpus (frozen code + mask +1.3 MRR vs +0.6, static +0.6 vs
+        -1.2) and a ramp up; not a fine-tuned encoder (+0.4 vs +2.1). A later epoch is random
+        too and warns (:meth:`at`).
         """
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, (int, np.integer)):
             raise ValueError(f"n_epochs must be an integer >= 2, got {n_epochs!r}")
