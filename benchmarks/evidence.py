@@ -468,6 +468,17 @@ class RecipeGroup:
         return f"recipe_{self.student}_{self.task}"
 
 
+def _finetune_schedule(ft: dict) -> dict:
+    """A fine-tune group's training budget from its profile entry: a step budget (the CPU
+    subsets) or whole epochs (the whole corpora: gpu, top_whole), its seeds and GCBS arm."""
+    return {
+        "epochs": ft.get("epochs", 10**6),
+        "max_steps": ft.get("steps"),
+        "seeds": ft["seeds"],
+        "gcbs_method": ft["gcbs_method"],
+    }
+
+
 def recipe_groups(
     text: dict, students, tasks, rcfg: dict, device: str = "cpu"
 ) -> list[RecipeGroup]:
@@ -567,11 +578,7 @@ def recipe_groups(
                     len(dup),
                     teacher,
                     dup,
-                    # A step budget (the subset) or whole epochs (the top_whole profile).
-                    epochs=ft.get("epochs", 10**6),
-                    max_steps=ft.get("steps"),
-                    seeds=ft["seeds"],
-                    gcbs_method=ft["gcbs_method"],
+                    **_finetune_schedule(ft),
                     prepare_s=prep,
                 )
             )
@@ -588,11 +595,7 @@ def recipe_groups(
                 len(dup),
                 teacher,
                 dup,
-                # Either a step budget (the CPU subset) or whole epochs (the GPU corpus).
-                epochs=ft.get("epochs", 10**6),
-                max_steps=ft.get("steps"),
-                seeds=ft["seeds"],
-                gcbs_method=ft["gcbs_method"],
+                **_finetune_schedule(ft),
             )
         )
     return groups
