@@ -185,7 +185,7 @@ PROFILES["top_whole"] = {
             "steps": None,
             "epochs": 2,
             # WordNet too (--tasks wordnet finetune): a check of the fine-tune's recipe on a
-            # corpus it was not read from (21 594 pairs: 676 steps, ~12 min a run).
+            # corpus it was not read from (21 594 pairs: 676 steps, ~5.5 min a run).
             "tasks": ("code", "wordnet"),
         },
     },

@@ -289,40 +289,36 @@ def _paired_delta(base: list[dict], runs: list[dict], metric: str) -> str:
     return report._paired(base, runs, metric).replace("-", "−")
 
 
-def _recipe_arms(folder: str, key: str) -> dict[str, list[dict]]:
+def _recipe_column(folder: str, key: str) -> tuple[dict[str, list[dict]], dict | None]:
+    """One results file, read once: the runs of group ``key`` (``recipe_<student>_<task>``) by
+    arm, and the teacher's own MRR per split (all-MiniLM-L6-v2 zero-shot) on the group's task
+    as the file records it; None where there is none (digits: the teacher is pixels) or where
+    the runs test on another subset (:data:`OTHER_TEST_SPLIT`)."""
     path = RESULTS / "evidence" / folder / "results.json"
     if not path.exists():
-        return {}
+        return {}, None
+    results = json.loads(path.read_text())
     by: dict[str, list[dict]] = {}
-    for run in json.loads(path.read_text())["runs"].get(key, []):
+    for run in results["runs"].get(key, []):
         by.setdefault(run["arm"], []).append(run)
-    return by
-
-
-def _teacher_zero_shot(folder: str, key: str) -> dict[str, float] | None:
-    """The teacher's own MRR per split (all-MiniLM-L6-v2 zero-shot) on the task of the group
-    ``key`` (``recipe_<student>_<task>``), as the results file records it; None where there
-    is none (digits: the teacher is pixels) or where the runs test on another subset
-    (:data:`OTHER_TEST_SPLIT`)."""
-    path = RESULTS / "evidence" / folder / "results.json"
-    if folder in OTHER_TEST_SPLIT or not path.exists():
-        return None
-    task = json.loads(path.read_text()).get("data", {}).get(key.rsplit("_", 1)[1], {})
+    task = results.get("data", {}).get(key.rsplit("_", 1)[1], {})
     scores = task.get("teacher_zero_shot") if isinstance(task, dict) else None
-    return None if scores is None else {split: v["mrr"] for split, v in scores.items()}
+    if folder in OTHER_TEST_SPLIT or scores is None:
+        return by, None
+    return by, {split: v["mrr"] for split, v in scores.items()}
 
 
-def mask_rule(folder: str, key: str, by: dict[str, list[dict]]) -> tuple[bool, float | None]:
-    """The recipe's mask rule for a column: ``(mask?, student / teacher validation MRR)``.
-    No mask for a fine-tuned encoder or a student whose random-batch validation MRR passes
-    the teacher's zero-shot one by more than :data:`MASK_RULE_RATIO`; else the mask."""
-    teacher = _teacher_zero_shot(folder, key)
+def mask_rule(
+    teacher: dict[str, float] | None, by: dict[str, list[dict]]
+) -> tuple[bool, float | None]:
+    """The recipe's mask rule for a column of a frozen or static student: ``(mask?, student /
+    teacher validation MRR)``. No mask where the random-batch student's validation MRR passes
+    the teacher's zero-shot one by more than :data:`MASK_RULE_RATIO`; else the mask (a
+    fine-tuned encoder gets none either way: :data:`RECIPE_FINE_TUNED`)."""
     ratio = None
     if teacher is not None and by.get("random"):
         valid = [r["valid"]["mrr"] for r in by["random"]]
         ratio = sum(valid) / len(valid) / teacher["valid"]
-    if folder in FINE_TUNED:
-        return False, ratio
     return ratio is None or ratio <= MASK_RULE_RATIO, ratio
 
 
@@ -330,39 +326,35 @@ def recipe() -> str:
     """``benchmarks/evidence.py --parts recipe`` → ``results/evidence/recipe*/*/results.json``:
     the metric of random, every arm's Δ vs random, and the recipe's Δ vs random + the same
     mask (all paired by seed; seeds in brackets)."""
-    columns = [(label, folder, _recipe_arms(folder, key), metric) for label, folder, key, metric
-               in RECIPE_COLUMNS]  # fmt: skip
-    keys = [key for _, _f, key, _m in RECIPE_COLUMNS]
+    columns = [(label, folder, *_recipe_column(folder, key), metric)
+               for label, folder, key, metric in RECIPE_COLUMNS]  # fmt: skip
     out = ["| arm | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     cells = [
         f"{report._ms([r['test'][m] for r in by['random']])} ({len(by['random'])})"
         if by.get("random")
         else "–"
-        for _, _f, by, m in columns
+        for _, _f, by, _t, m in columns
     ]
     out.append("| random (test MRR / kNN acc. ×100, seeds) | " + " | ".join(cells) + " |")
-    teacher = [_teacher_zero_shot(folder, key) for (_, folder, _, _), key
-               in zip(columns, keys, strict=True)]  # fmt: skip
-    cells = ["–" if t is None else f"{100 * t['test']:.1f}" for t in teacher]
+    cells = ["–" if t is None else f"{100 * t['test']:.1f}" for _, _f, _b, t, _m in columns]
     out.append("| the teacher itself, zero-shot (test MRR ×100) | " + " | ".join(cells) + " |")
-    rules = [mask_rule(folder, key, by) for (_, folder, by, _), key
-             in zip(columns, keys, strict=True)]  # fmt: skip
+    rules = [mask_rule(teacher, by) for _, _f, by, teacher, _m in columns]
     cells = ["–" if ratio is None else f"{ratio:.2f}" for _, ratio in rules]
     out.append(
         "| random-batch student / teacher, validation MRR | " + " | ".join(cells) + " |"
     )  # fmt: skip
     for label, arm in RECIPE_ROWS:
         row = [_paired_delta(by.get("random", []), by[arm], m) if arm in by else "–"
-               for _, _f, by, m in columns]  # fmt: skip
+               for _, _f, by, _t, m in columns]  # fmt: skip
         out.append(f"| {label} | " + " | ".join(row) + " |")
     chosen = [
         RECIPE_FINE_TUNED if folder in FINE_TUNED else RECIPE if mask else RECIPE_NO_MASK
-        for (_, folder, _b, _m), (mask, _) in zip(columns, rules, strict=True)
+        for (_, folder, _b, _t, _m), (mask, _) in zip(columns, rules, strict=True)
     ]
     marks = {RECIPE: "", RECIPE_NO_MASK: " (no mask)", RECIPE_FINE_TUNED: " (defaults)"}
     row = [
         _paired_delta(by.get("random", []), by[arm], m) + marks[arm] if arm in by else "–"
-        for (_, _f, by, m), arm in zip(columns, chosen, strict=True)
+        for (_, _f, by, _t, m), arm in zip(columns, chosen, strict=True)
     ]
     out.append(
         "| **recipe: GCBS defaults; a fine-tuned encoder: nothing else (constant hardness, no "
@@ -370,13 +362,13 @@ def recipe() -> str:
         "decay(E)` + mask unless the student passes its teacher** | " + " | ".join(row) + " |"
     )
     row = []
-    for (_, _f, by, m), arm in zip(columns, chosen, strict=True):
+    for (_, _f, by, _t, m), arm in zip(columns, chosen, strict=True):
         base = "random+mask_teacher" if arm == RECIPE else "random"
         row.append(_paired_delta(by[base], by[arm], m) if arm in by and base in by else "–")
     out.append("| **recipe vs random with the same mask** | " + " | ".join(row) + " |")
     # The masked arm's choice, or the unmasked one's where a column ran only that.
     dials = [report._dial(by.get(AUTO_ARM) or by.get("gcbs_default", []))
-             for _, _f, by, _m in columns]  # fmt: skip
+             for _, _f, by, _t, _m in columns]  # fmt: skip
     out.append('| mean `hardness` that `"auto"` chose (constant) | ' + " | ".join(dials) + " |")
     return "\n".join(out)
 

@@ -396,13 +396,15 @@ class FalseNegativeMaskedLoss(nn.Module):
         if not bool(known.any()) or mq.shape[1] != student_q.shape[1]:
             return
         self._teacher_checked = True
-        cosine = torch.nn.functional.cosine_similarity(
-            mq[known].float(), student_q[known].float(), dim=1
+        mean = float(
+            torch.nn.functional.cosine_similarity(
+                mq[known].float(), student_q[known].float(), dim=1
+            ).mean()
         )
-        if float(cosine.mean()) > SAME_MODEL_COSINE:
+        if mean > SAME_MODEL_COSINE:
             warnings.warn(
                 "hardbatch FalseNegativeMaskedLoss(mask_from='teacher'): the teacher "
-                f"embeddings are the trained model's own (mean cosine {float(cosine.mean()):.3f} "
+                f"embeddings are the trained model's own (mean cosine {mean:.3f} "
                 "on the first batch): fine-tuning an encoder with a mask scored by its starting "
                 "point cost 0.7-1.1 MRR in README's recipe runs; drop the mask (wrap_loss(loss)) "
                 "or check with hardbatch.losses.teacher_mask_advice after a run",
